@@ -1,0 +1,99 @@
+"""Throughput and memory of `dtm-hf distribute` on tulu-v2-sized data, and static-vs-transformer agreement.
+
+    python benchmarks/bench_distribute.py --rows 326154 --agreement_rows 1000 --embedding_model PATH
+
+Generates N tulu-shaped rows (11 sources, multi-turn, some with a system message), runs `dtm-hf distribute
+--method kmeans --embedding_backend static` on them in a subprocess, and reports rows per second for each
+phase (reduction, embedding, clustering, writing) and the peak resident memory of that process. Then runs the
+transformer and the static backends on the first `--agreement_rows` rows and reports the adjusted mutual
+information between their clusters (1.0 = identical partitions up to relabelling).
+"""
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SOURCES = ["flan_v2", "cot", "oasst1", "lima", "gpt4_alpaca", "code_alpaca", "sharegpt", "wizardlm",
+           "open_orca", "science", "hard_coded"]
+
+
+def tulu_like_rows(n: int, seed: int = 0):
+    """Rows shaped like allenai/tulu-v2-sft-mixture: each source has its own vocabulary and reply lengths."""
+    rng = random.Random(seed)
+    vocab = {s: [f"{s[:3]}{i}" for i in range(300)] + ["the", "a", "of", "to", "and", "is"] for s in SOURCES}
+    for i in range(n):
+        source = SOURCES[i % len(SOURCES)]
+        words = vocab[source]
+        user = " ".join(rng.choices(words, k=rng.randint(15, 150)))
+        reply = " ".join(rng.choices(words, k=rng.randint(20, 300)))
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+        if rng.random() < 0.3:
+            messages += [{"role": "user", "content": "And then?"}, {"role": "assistant", "content": "Then done."}]
+        if rng.random() < 0.1:
+            messages.insert(0, {"role": "system", "content": "You are a helpful assistant."})
+        yield {"dataset": source, "id": f"{source}_{i}", "messages": messages}
+
+
+def run_distribute(args: list[str]) -> tuple[float, float]:
+    """Run dtm-hf distribute in a child process; returns (wall seconds, peak RSS of the child in MiB)."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "dtm_hf.distribute", *args], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode:
+        sys.exit(done.stderr)
+    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=326_154)
+    parser.add_argument("--agreement_rows", type=int, default=1000)
+    parser.add_argument("--embedding_model", required=True, help="a sentence-transformers folder or Hub id")
+    parser.add_argument("--n_clusters", type=int, default=4)
+    opts = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-distribute-"))
+    data = work / "tulu_like.jsonl"
+    start = time.perf_counter()
+    with data.open("w") as f:
+        for row in tulu_like_rows(opts.rows):
+            f.write(json.dumps(row) + "\n")
+    print(f"generated {opts.rows} rows ({data.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - start:.0f} s")
+
+    common = ["--dataset", str(data), "--n_clusters", str(opts.n_clusters), "--method", "kmeans",
+              "--embedding_model", opts.embedding_model]
+    # Distil the static model first so the timed run measures distribution, not the one-off distillation.
+    run_distribute([*common, "--embedding_backend", "static", "--max_samples", "100", "--output_dir",
+                    str(work / "warmup")])
+    wall, peak = run_distribute([*common, "--embedding_backend", "static", "--output_dir", str(work / "static")])
+    stats = json.loads((work / "static" / "stats.json").read_text())
+    t = stats["timings_s"]
+    n = stats["kept_rows"]
+    print(f"\nkmeans + static backend, {n} rows, {opts.n_clusters} clusters: {wall:.0f} s wall, "
+          f"peak RSS {peak / 1024:.2f} GiB")
+    print("phase       seconds   rows/s")
+    for phase in ("load", "reduce", "embed", "cluster", "write"):
+        print(f"{phase:<10} {t[phase]:>8.1f} {n / max(t[phase], 1e-9):>9.0f}")
+
+    sample = ["--max_samples", str(opts.agreement_rows)]
+    labels = {}
+    for backend in ("transformer", "static"):
+        out = work / f"agree_{backend}"
+        wall, _ = run_distribute([*common, *sample, "--embedding_backend", backend, "--output_dir", str(out)])
+        labels[backend] = json.loads((out / "clusters.json").read_text())
+        embed_s = json.loads((out / "stats.json").read_text())["timings_s"]["embed"]
+        print(f"{backend:<11} backend on {opts.agreement_rows} rows: embedding {opts.agreement_rows / embed_s:.0f} rows/s")
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    ami = adjusted_mutual_info_score(labels["transformer"], labels["static"])
+    print(f"adjusted mutual information, static vs transformer clusters: {ami:.3f}")
+
+
+if __name__ == "__main__":
+    main()

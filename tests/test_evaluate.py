@@ -1,0 +1,94 @@
+import json
+
+import pytest
+import torch
+
+from dtm_hf.cli import main as cli_main
+from dtm_hf.demo_data import demo_rows, write_demo_jsonl
+from dtm_hf.held_out import is_held_out
+from dtm_hf.tiny_model import save_tiny_llama
+
+
+def run(*argv):
+    try:
+        cli_main([*map(str, argv)])
+    except SystemExit as exit_:
+        return exit_.code
+    return 0
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    texts = [m["content"] for row in demo_rows(50) for m in row["messages"]]
+    base = save_tiny_llama(root / "base", texts, seed=0)
+    other = save_tiny_llama(root / "other", texts, seed=1)
+    data = write_demo_jsonl(root / "demo.jsonl", n_per_skill=20)
+    assert run("distribute", "--dataset", data, "--n_clusters", 2, "--output_dir", root / "data") == 0
+    return root, base, other
+
+
+def encode(tokenizer, messages, **kwargs):
+    text = tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def independent_loss(model_dir, rows):
+    """Mean loss over the reply and EOS: the tokens after the generation prompt, up to and including EOS."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    total, count = 0.0, 0
+    for row in rows:
+        prompt = encode(tokenizer, row["messages"][:-1], add_generation_prompt=True)
+        full = encode(tokenizer, row["messages"])
+        end = full.index(tokenizer.eos_token_id, len(prompt)) + 1
+        labels = [-100] * len(prompt) + full[len(prompt):end] + [-100] * (len(full) - end)
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([full]), labels=torch.tensor([labels]))
+        n = end - len(prompt)
+        total += out.loss.item() * n
+        count += n
+    return total / count
+
+
+def test_losses_match_an_independent_computation(setup, tmp_path):
+    from datasets import load_dataset
+
+    root, base, other = setup
+    out = tmp_path / "eval"
+    assert run("evaluate", "--models", f"base={base}", f"other={other}", "--dataset", root / "data",
+               "--held_out", 0.25, "--output_dir", out) == 0
+    results = json.loads((out / "results.json").read_text())
+    cluster_1 = load_dataset(str(root / "data"), "cluster_1", split="train").to_list()
+    held = [r for r in cluster_1 if is_held_out(r["row"], 0.25, 42)]
+    assert results["held_out_rows"]["cluster_1"] == [r["row"] for r in held]
+    assert results["loss"]["other"]["cluster_1"] == pytest.approx(independent_loss(other, held), rel=1e-5)
+    assert results["loss"]["base"]["cluster_1"] != pytest.approx(results["loss"]["other"]["cluster_1"], rel=1e-4)
+
+    table = (out / "results.md").read_text()
+    assert "| model | cluster_0 | cluster_1 | overall |" in table
+    for column in ("cluster_0", "cluster_1", "overall"):
+        best = min(results["loss"], key=lambda m: results["loss"][m][column])
+        assert f"**{results['loss'][best][column]:.4f}**" in table
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--models", "justapath"], "--models takes NAME=PATH_OR_ID pairs, got 'justapath'"),
+        (["--models", "a=x", "a=y"], "--models names 'a' twice"),
+        (["--models", "a=BASE", "--held_out", "0"], "--held_out must be in (0, 1), got 0.0"),
+        (["--models", "a=/no/such/model"], "cannot load the model '/no/such/model'"),
+    ],
+)
+def test_bad_input(setup, tmp_path, capsys, argv, expected):
+    root, base, _ = setup
+    argv = [a.replace("BASE", str(base)) for a in argv]
+    out = tmp_path / "eval"
+    assert run("evaluate", "--dataset", root / "data", "--output_dir", out, *argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dtm-hf evaluate: error:")]
+    assert len(errors) == 1 and expected in errors[0]
+    assert not out.exists()
