@@ -90,33 +90,37 @@ def load_input(args: DistributeArguments):
 
 
 def reduce_dataset(data, fmt: str, args: DistributeArguments):
-    """Rows -> (first-turn `messages`, `source`, `row`), skipped rows counted by reason."""
+    """Rows -> kept rows of (first-turn `messages`, `source`, `row`), and the skipped rows counted by reason.
+
+    Skipped rows are dropped inside the batched map itself, so the result has no index mapping that later
+    steps would have to flatten (a full rewrite of the data)."""
     from datasets import Features, Value
 
     has_source = args.source_column in data.column_names
-    features = {"messages": [{"role": Value("string"), "content": Value("string")}], "row": Value("int64"),
-                "skip": Value("string")}
+    features = {"messages": [{"role": Value("string"), "content": Value("string")}], "row": Value("int64")}
     if has_source:
         features["source"] = Value("string")
+    skipped = Counter()
 
     def reduce_batch(batch, indices):
-        out = {"messages": [], "row": indices, "skip": []}
-        rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
-        for row in rows:
-            messages, reason = reduce_row(row, fmt, args.keep_system)
-            out["messages"].append(messages or [])
-            out["skip"].append(reason)
+        out = {"messages": [], "row": []}
         if has_source:
-            out["source"] = [None if s is None else str(s) for s in batch[args.source_column]]
+            out["source"] = []
+        for i, values in enumerate(zip(*batch.values(), strict=True)):
+            messages, reason = reduce_row(dict(zip(batch, values, strict=True)), fmt, args.keep_system)
+            if reason:
+                skipped[reason] += 1
+                continue
+            out["messages"].append(messages)
+            out["row"].append(indices[i])
+            if has_source:
+                source = batch[args.source_column][i]
+                out["source"].append(None if source is None else str(source))
         return out
 
-    reduced = data.map(reduce_batch, batched=True, batch_size=2000, with_indices=True,
-                       remove_columns=data.column_names, features=Features(features), desc="First turns")
-    skips = Counter(reduced["skip"])
-    kept_rows = skips.pop(None, 0)
-    skipped = {reason: skips[reason] for reason in SKIP_REASONS if skips[reason]}
-    kept = reduced.filter(lambda s: s is None, input_columns="skip", desc="Dropping skipped rows")
-    return kept.remove_columns("skip"), kept_rows, skipped
+    kept = data.map(reduce_batch, batched=True, batch_size=2000, with_indices=True, load_from_cache_file=False,
+                    remove_columns=data.column_names, features=Features(features), desc="First turns")
+    return kept, len(kept), {reason: skipped[reason] for reason in SKIP_REASONS if skipped[reason]}
 
 
 def validate(args: DistributeArguments) -> Path:
@@ -169,7 +173,7 @@ def distribute(args: DistributeArguments) -> Path:
     if 0 in sizes:
         raise DtmError(f"cluster_{sizes.index(0)} is empty ({args.method} gave sizes {sizes}); lower --n_clusters")
 
-    sources = kept["source"] if "source" in kept.column_names else ["all"] * len(kept)
+    sources = kept.data.column("source").to_pylist() if "source" in kept.column_names else ["all"] * len(kept)
     cluster_source_counts = {f"cluster_{c}": {} for c in range(k)}
     for (cluster, source), n in sorted(Counter(zip(labels.tolist(), sources, strict=True)).items(), key=str):
         cluster_source_counts[f"cluster_{cluster}"][str(source)] = n

@@ -15,6 +15,10 @@ import numpy as np
 from .errors import DtmError
 
 BACKENDS = ("transformer", "static")
+# The static model reads the same 256-token window that all-MiniLM-L6-v2 (max_seq_length 256) reads; cutting
+# the string first spares the tokenizer the rest of long replies (a token is rarely longer than 8 characters).
+STATIC_MAX_TOKENS = 256
+STATIC_MAX_CHARS = 8 * STATIC_MAX_TOKENS
 
 
 def _is_model2vec(model: str) -> bool:
@@ -79,7 +83,8 @@ class Encoder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         if self.backend == "static":
-            vectors = self.model.encode(texts, batch_size=self.batch_size, use_multiprocessing=False)
+            vectors = self.model.encode([t[:STATIC_MAX_CHARS] for t in texts], batch_size=self.batch_size,
+                                        max_length=STATIC_MAX_TOKENS)
         else:
             vectors = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True)
         vectors = np.asarray(vectors, dtype=np.float32)

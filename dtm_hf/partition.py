@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import DtmError
 
-CHUNK_ROWS = 8192  # rows of text held in memory at a time while embedding
+CHUNK_ROWS = 32768  # rows of text held in memory at a time while embedding
 
 
 def random_split(data, args) -> tuple[np.ndarray, dict]:
@@ -24,12 +24,23 @@ def random_split(data, args) -> tuple[np.ndarray, dict]:
 
 
 def _texts(data, field: str) -> Iterator[list[str]]:
-    for batch in data.select_columns(["messages"]).iter(batch_size=CHUNK_ROWS):
-        texts = []
-        for messages in batch["messages"]:
-            user, assistant = messages[-2]["content"], messages[-1]["content"]
-            texts.append({"instruction": user, "response": assistant, "both": f"{user}\n\n{assistant}"}[field])
-        yield texts
+    """The text to embed, chunk by chunk, read through Arrow: a row's last two messages are its first turn's
+    user message and reply, located by the list offsets without building Python dicts."""
+    import pyarrow as pa
+
+    for batch in data.with_format("arrow").select_columns(["messages"]).iter(batch_size=CHUNK_ROWS):
+        messages = batch["messages"].combine_chunks() if isinstance(batch["messages"], pa.ChunkedArray) \
+            else batch["messages"]
+        contents = messages.values.field("content")
+        ends = np.asarray(messages.offsets)[1:]
+        user = contents.take(pa.array(ends - 2)).to_pylist()
+        reply = contents.take(pa.array(ends - 1)).to_pylist()
+        if field == "instruction":
+            yield user
+        elif field == "response":
+            yield reply
+        else:
+            yield [f"{u}\n\n{r}" for u, r in zip(user, reply, strict=True)]
 
 
 def kmeans_split(data, args) -> tuple[np.ndarray, dict]:
@@ -58,7 +69,7 @@ def source_split(data, args) -> tuple[np.ndarray, dict]:
     """One part per source, or (with K below the number of sources) K parts of whole sources, balanced by size."""
     if "source" not in data.column_names:
         raise DtmError(f"--method source needs the column {args.source_column!r}, which the data does not have")
-    sources = data["source"]
+    sources = data.data.column("source").to_pylist()
     counts = Counter(sources)
     names = sorted(counts, key=str)
     k = args.n_clusters or len(names)
