@@ -92,3 +92,47 @@ def test_bad_input(setup, tmp_path, capsys, argv, expected):
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dtm-hf evaluate: error:")]
     assert len(errors) == 1 and expected in errors[0]
     assert not out.exists()
+
+
+def test_lm_eval_task_over_a_local_file(setup, tmp_path):
+    pytest.importorskip("lm_eval")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root, base, _ = setup
+    questions = [{"question": f"What is {a} plus {b}?", "choices": [str(a + b), f"{a} {b}"], "answer": 0}
+                 for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (9, 9)]]
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "tiny_qa.yaml").write_text(f"""task: tiny_qa
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: acc
+""")
+    out = tmp_path / "eval"
+    assert run("evaluate", "--models", f"base={base}", "--dataset", root / "data", "--held_out", 0.25,
+               "--lm_eval_tasks", "tiny_qa", "--lm_eval_include_path", tasks, "--output_dir", out) == 0
+    results = json.loads((out / "results.json").read_text())
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(base).eval(), AutoTokenizer.from_pretrained(base)
+
+    def loglikelihood(context, continuation):
+        context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+        whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([whole])).logits[0].log_softmax(-1)
+        return sum(logits[i - 1, whole[i]].item() for i in range(len(context_ids), len(whole)))
+
+    correct = [max(range(2), key=lambda c: loglikelihood(q["question"], " " + q["choices"][c])) == q["answer"]
+               for q in questions]
+    assert results["lm_eval"]["base"] == {"tiny_qa/acc": pytest.approx(sum(correct) / len(correct))}
+    assert "tiny_qa/acc" in (out / "results.md").read_text()
