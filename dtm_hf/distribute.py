@@ -10,7 +10,7 @@ counted by reason. The output folder is a Hub-shaped dataset repository with con
 
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cli import run_command

@@ -1,34 +1,21 @@
 import json
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_helpers import dtm, one_error_line
 
-from dtm_hf.cli import main as cli_main
 from dtm_hf.demo_data import demo_rows
+
+distribute = partial(dtm, "distribute")
 
 
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
-
-
-def distribute(*argv):
-    """Run `dtm-hf distribute` in-process; returns the exit code (0 when it returned normally)."""
-    try:
-        cli_main(["distribute", *map(str, argv)])
-    except SystemExit as exit_:
-        return exit_.code
-    return 0
-
-
-def one_error_line(capsys) -> str:
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("dtm-hf distribute: error: ")]
-    assert len(errors) == 1, lines
-    return errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +180,7 @@ def test_yaml_config_flag_override_and_unknown_key(demo_jsonl, tmp_path, capsys)
     config.write_text(yaml.safe_dump({"dataset": str(demo_jsonl), "n_cluster": 3}))
     capsys.readouterr()
     assert distribute("--config", config, "--output_dir", tmp_path / "never") == 2
-    assert "unknown key(s) 'n_cluster'" in one_error_line(capsys)
+    assert "unknown key(s) 'n_cluster'" in one_error_line(capsys, "distribute")
     assert not (tmp_path / "never").exists()
 
 
@@ -234,7 +221,7 @@ def test_bad_input_one_error_line_no_output(make_input, extra, expected, demo_js
     out = tmp_path / "out"
     code = distribute("--dataset", data, "--output_dir", out, *extra)
     assert code == 2
-    assert expected in one_error_line(capsys)
+    assert expected in one_error_line(capsys, "distribute")
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
 
@@ -244,7 +231,7 @@ def test_push_without_token_is_refused(demo_jsonl, tmp_path, monkeypatch, capsys
     monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token"))
     code = distribute("--dataset", demo_jsonl, "--n_clusters", 2, "--output_dir", tmp_path / "out",
                       "--push_to_hub", "--hub_dataset_id", "me/data")
-    assert code == 2 and "needs a Hub token" in one_error_line(capsys)
+    assert code == 2 and "needs a Hub token" in one_error_line(capsys, "distribute")
     assert not (tmp_path / "out").exists()
 
 
@@ -253,7 +240,7 @@ def test_existing_output_needs_overwrite(demo_jsonl, tmp_path, capsys):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     assert distribute("--dataset", demo_jsonl, "--n_clusters", 2, "--output_dir", out) == 2
-    assert "pass --overwrite" in one_error_line(capsys)
+    assert "pass --overwrite" in one_error_line(capsys, "distribute")
     assert (out / "keep.txt").read_text() == "mine"
     assert distribute("--dataset", demo_jsonl, "--n_clusters", 2, "--output_dir", out, "--overwrite") == 0
     assert not (out / "keep.txt").exists() and (out / "clusters.json").exists()

@@ -2,19 +2,11 @@ import json
 
 import pytest
 import torch
+from cli_helpers import dtm, one_error_line
 
-from dtm_hf.cli import main as cli_main
 from dtm_hf.demo_data import demo_rows, write_demo_jsonl
 from dtm_hf.held_out import is_held_out
 from dtm_hf.tiny_model import save_tiny_llama
-
-
-def run(*argv):
-    try:
-        cli_main([*map(str, argv)])
-    except SystemExit as exit_:
-        return exit_.code
-    return 0
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +16,7 @@ def setup(tmp_path_factory):
     base = save_tiny_llama(root / "base", texts, seed=0)
     other = save_tiny_llama(root / "other", texts, seed=1)
     data = write_demo_jsonl(root / "demo.jsonl", n_per_skill=20)
-    assert run("distribute", "--dataset", data, "--n_clusters", 2, "--output_dir", root / "data") == 0
+    assert dtm("distribute", "--dataset", data, "--n_clusters", 2, "--output_dir", root / "data") == 0
     return root, base, other
 
 
@@ -58,7 +50,7 @@ def test_losses_match_an_independent_computation(setup, tmp_path):
 
     root, base, other = setup
     out = tmp_path / "eval"
-    assert run("evaluate", "--models", f"base={base}", f"other={other}", "--dataset", root / "data",
+    assert dtm("evaluate", "--models", f"base={base}", f"other={other}", "--dataset", root / "data",
                "--held_out", 0.25, "--output_dir", out) == 0
     results = json.loads((out / "results.json").read_text())
     cluster_1 = load_dataset(str(root / "data"), "cluster_1", split="train").to_list()
@@ -88,9 +80,8 @@ def test_bad_input(setup, tmp_path, capsys, argv, expected):
     root, base, _ = setup
     argv = [a.replace("BASE", str(base)) for a in argv]
     out = tmp_path / "eval"
-    assert run("evaluate", "--dataset", root / "data", "--output_dir", out, *argv) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dtm-hf evaluate: error:")]
-    assert len(errors) == 1 and expected in errors[0]
+    assert dtm("evaluate", "--dataset", root / "data", "--output_dir", out, *argv) == 2
+    assert expected in one_error_line(capsys, "evaluate")
     assert not out.exists()
 
 
@@ -119,7 +110,7 @@ metric_list:
   - metric: acc
 """)
     out = tmp_path / "eval"
-    assert run("evaluate", "--models", f"base={base}", "--dataset", root / "data", "--held_out", 0.25,
+    assert dtm("evaluate", "--models", f"base={base}", "--dataset", root / "data", "--held_out", 0.25,
                "--lm_eval_tasks", "tiny_qa", "--lm_eval_include_path", tasks, "--output_dir", out) == 0
     results = json.loads((out / "results.json").read_text())
 

@@ -2,35 +2,21 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_helpers import dtm, one_error_line
 
-from dtm_hf.cli import main as cli_main
 from dtm_hf.demo_data import write_demo_jsonl
 from dtm_hf.held_out import is_held_out
 from dtm_hf.tiny_model import save_tiny_llama
 
+train = partial(dtm, "train")
 REPO = Path(__file__).resolve().parent.parent
 TINY_RECIPE = REPO / "recipes" / "tiny" / "dtm_lora.yaml"
 N_PER_SKILL, K = 10, 4  # 40 rows, 10 per cluster
-
-
-def train(*argv):
-    """Run `dtm-hf train` in-process; returns the exit code (0 when it returned normally)."""
-    try:
-        cli_main(["train", *map(str, argv)])
-    except SystemExit as exit_:
-        return exit_.code
-    return 0
-
-
-def one_error_line(capsys) -> str:
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("dtm-hf train: error: ")]
-    assert len(errors) == 1, lines
-    return errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +31,7 @@ def setup(tmp_path_factory):
     (base / "chat_template.jinja").unlink()
     data_file = write_demo_jsonl(root / "demo.jsonl", n_per_skill=N_PER_SKILL)
     data = root / "data"
-    try:
-        cli_main(["distribute", "--dataset", str(data_file), "--n_clusters", str(K), "--method", "random",
-                  "--output_dir", str(data)])
-    except SystemExit as exit_:
-        assert exit_.code in (0, None)
+    assert dtm("distribute", "--dataset", data_file, "--n_clusters", K, "--method", "random", "--output_dir", data) == 0
     recipe = yaml.safe_load(TINY_RECIPE.read_text())
     recipe.update(dataset=str(data), model_name_or_path=str(base), max_length=128, per_device_train_batch_size=2,
                   max_steps=2, output_dir=str(root / "out"))
@@ -291,10 +273,10 @@ def test_bad_inputs_one_error_line_nothing_written(setup, tmp_path, capsys, monk
     ]
     for argv, message in cases:
         assert train(*base, *argv) == 2
-        assert message in one_error_line(capsys)
+        assert message in one_error_line(capsys, "train")
     assert train("--config", bad_recipe, "--cluster", "cluster_0", "--output_dir", out) == 2
-    assert "unknown key(s) 'max_seq_length'" in one_error_line(capsys)
+    assert "unknown key(s) 'max_seq_length'" in one_error_line(capsys, "train")
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if the qlora extra were not installed
     assert train(*base, "--cluster", "cluster_0", "--load_in_4bit", "true") == 2
-    assert "pip install 'dtm-hf[qlora]'" in one_error_line(capsys)
+    assert "pip install 'dtm-hf[qlora]'" in one_error_line(capsys, "train")
     assert not out.exists()
