@@ -1,0 +1,208 @@
+"""The merge step's inputs: LoRA sub-models written by `dtm-hf train` (or Hub repos of them) and their base.
+
+A sub-model is a folder with a PEFT LoRA adapter (`adapter_config.json`, `adapter_model.safetensors`), the
+tokenizer and, when `dtm-hf train` wrote it, the marker `dtm_train.json` (cluster, dataset, config, base, ...).
+A training output root stands for all its clusters, `cluster_0` ... in order; its baseline `all` is left out.
+Everything here reads metadata only (JSON files and safetensors headers), so it runs before any work.
+"""
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DtmError
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+TRAIN_MARKER = "dtm_train.json"
+BASELINE = "all"  # the training root's sub-model trained on every row: a baseline, never merged
+LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
+PEFT_PREFIX = "base_model.model."
+BASE_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
+
+
+@dataclass
+class SubModel:
+    ref: str  # what the merge YAML names: an absolute folder or a Hub repo id
+    path: Path  # the local folder (a Hub repo's snapshot)
+    adapter_config: dict
+    marker: dict | None
+    card_datasets: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return (self.marker or {}).get("cluster") or Path(self.ref).name
+
+    @property
+    def recorded_base(self) -> str:
+        return self.adapter_config.get("base_model_name_or_path") or ""
+
+    @property
+    def rank(self) -> int:
+        return int(self.adapter_config["r"])
+
+    @property
+    def alpha(self) -> float:
+        return float(self.adapter_config.get("lora_alpha", self.rank))
+
+    @property
+    def scale(self) -> float:
+        """PEFT's scaling of B @ A: alpha / r, or alpha / sqrt(r) with rsLoRA."""
+        return self.alpha / (self.rank**0.5 if self.adapter_config.get("use_rslora") else self.rank)
+
+    @property
+    def target_modules(self) -> list[str]:
+        targets = self.adapter_config.get("target_modules") or []
+        return sorted([targets] if isinstance(targets, str) else targets)
+
+    @property
+    def modules_to_save(self) -> list[str]:
+        return sorted(self.adapter_config.get("modules_to_save") or [])
+
+    @property
+    def datasets(self) -> list[tuple[str, str | None]]:
+        """(dataset, config) pairs it was trained on, from the marker, else from the adapter's card."""
+        if self.marker and self.marker.get("dataset"):
+            return [(self.marker["dataset"], self.marker.get("dataset_config"))]
+        return [(name, None) for name in self.card_datasets]
+
+    def lora_modules(self) -> dict[str, tuple[str, str]]:
+        """Base weight name -> (lora_A key, lora_B key) in the adapter's safetensors file."""
+        keys = safetensors_shapes(self.path / ADAPTER_WEIGHTS)
+        modules = {}
+        for key in keys:
+            if key.endswith(".lora_A.weight"):
+                stem = key[: -len(".lora_A.weight")]
+                weight = stem.removeprefix(PEFT_PREFIX) + ".weight"
+                modules[weight] = (key, stem + ".lora_B.weight")
+        return modules
+
+
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape, from the file's JSON header alone."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    return {name: info["shape"] for name, info in header.items() if name != "__metadata__"}
+
+
+def model_shapes(folder: Path) -> dict[str, list[int]]:
+    """Weight name -> shape of a safetensors model folder, sharded or not."""
+    index = folder / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else (
+        ["model.safetensors"] if (folder / "model.safetensors").is_file() else [])
+    if not files:
+        raise DtmError(f"the base model {folder} has no model.safetensors (or index); safetensors weights only")
+    shapes = {}
+    for name in files:
+        shapes.update(safetensors_shapes(folder / name))
+    return shapes
+
+
+def _looks_like_repo_id(ref: str) -> bool:
+    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", ref)) and not ref.startswith((".", "~"))
+
+
+def download(repo_id: str, what: str, allow_patterns: list[str] | None = None) -> Path:
+    """A Hub repo's snapshot; a failure says which input could not be fetched."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=allow_patterns))
+    except Exception as err:  # noqa: BLE001 - any Hub failure means this input is unusable; say which and why
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DtmError(f"cannot fetch the {what} {repo_id!r} from the Hub ({reason}); check the id, the network "
+                       "and HF_TOKEN, or pass a local folder") from err
+
+
+def _natural_key(path: Path):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def expand(refs: list[str]) -> list[tuple[str, Path]]:
+    """(ref, local folder) per sub-model: folders as given, a training root as its clusters, Hub ids fetched."""
+    found = []
+    for ref in refs:
+        path = Path(ref).expanduser()
+        if path.is_dir():
+            path = path.absolute()
+            if (path / ADAPTER_CONFIG).is_file() or (path / TRAIN_MARKER).is_file():
+                found.append((str(path), path))
+                continue
+            clusters = sorted((p for p in path.iterdir() if p.is_dir() and p.name != BASELINE
+                               and ((p / ADAPTER_CONFIG).is_file() or (p / TRAIN_MARKER).is_file())), key=_natural_key)
+            if not clusters:
+                raise DtmError(f"{path} is neither a sub-model folder (no {ADAPTER_CONFIG}) nor a training output root "
+                               "(no sub-model folders in it); pass folders written by `dtm-hf train`")
+            found += [(str(p), p) for p in clusters]
+        elif path.exists():
+            raise DtmError(f"sub-model {ref} is a file; pass a sub-model folder, a training output root or a Hub id")
+        elif _looks_like_repo_id(ref):
+            found.append((ref, download(ref, "sub-model")))
+        else:
+            raise DtmError(f"sub-model {ref} does not exist; pass a sub-model folder, a training output root or a "
+                           "Hub repo id")
+    return found
+
+
+def read(ref: str, path: Path) -> SubModel:
+    """Load a sub-model's metadata, checking that it is a usable LoRA adapter."""
+    config_file = path / ADAPTER_CONFIG
+    if not config_file.is_file():
+        raise DtmError(f"sub-model {ref} has no {ADAPTER_CONFIG}; is its training finished?")
+    if not (path / ADAPTER_WEIGHTS).is_file():
+        other = " (only adapter_model.bin: safetensors only, re-save it)" if (path / "adapter_model.bin").exists() else ""
+        raise DtmError(f"sub-model {ref} has no {ADAPTER_WEIGHTS}{other}; is its training finished?")
+    config = json.loads(config_file.read_text())
+    if config.get("peft_type", "LORA") != "LORA" or config.get("use_dora"):
+        raise DtmError(f"sub-model {ref} is a {config.get('peft_type')}{' DoRA' if config.get('use_dora') else ''} "
+                       "adapter; dtm-hf merge takes plain LoRA adapters")
+    marker_file = path / TRAIN_MARKER
+    marker = json.loads(marker_file.read_text()) if marker_file.is_file() else None
+    card_datasets = []
+    if marker is None and (path / "README.md").is_file():
+        from huggingface_hub import ModelCard
+
+        datasets = ModelCard.load(path / "README.md").data.to_dict().get("datasets") or []
+        card_datasets = [datasets] if isinstance(datasets, str) else list(datasets)
+    return SubModel(ref=ref, path=path, adapter_config=config, marker=marker, card_datasets=card_datasets)
+
+
+def resolve_base(base_model: str | None, submodels: list[SubModel]) -> tuple[str, Path]:
+    """(ref for the YAML, local folder) of the base: --base_model, else the one recorded in the adapters."""
+    recorded = sorted({s.recorded_base for s in submodels})
+    if base_model is None:
+        if len(recorded) != 1 or not recorded[0]:
+            listing = "; ".join(f"{s.ref}: {s.recorded_base or 'none'}" for s in submodels)
+            raise DtmError(f"the sub-models record different bases ({listing}); merge sub-models of one base, or "
+                           "pass --base_model if they are copies of the same model")
+        base_model = recorded[0]
+    path = Path(base_model).expanduser()
+    if path.is_dir():
+        return str(path.absolute()), path.absolute()
+    if path.is_absolute() or not _looks_like_repo_id(base_model):
+        raise DtmError(f"the base model {base_model} does not exist; pass --base_model PATH_OR_HUB_ID")
+    return base_model, download(base_model, "base model", BASE_PATTERNS)
+
+
+def check_against_base(submodels: list[SubModel], base_shapes: dict[str, list[int]]) -> None:
+    """Every LoRA module must sit on a base weight of matching shape (catches adapters of another base)."""
+    for sub in submodels:
+        shapes = safetensors_shapes(sub.path / ADAPTER_WEIGHTS)
+        for weight, (key_a, key_b) in sub.lora_modules().items():
+            expected = base_shapes.get(weight)
+            got = [shapes[key_b][0], shapes[key_a][1]]
+            if expected is None or list(expected) != got:
+                raise DtmError(f"sub-model {sub.ref} does not fit the base model: {weight} is "
+                               f"{expected or 'missing'} in the base but {got} in the adapter; the sub-models must be "
+                               "trained on --base_model")
+
+
+def check_same_adapters(submodels: list[SubModel], what: str) -> None:
+    """Methods that combine A and B matrices themselves need equal ranks, alphas and target modules."""
+    for attr in ("rank", "alpha", "target_modules", "modules_to_save"):
+        values = {s.ref: getattr(s, attr) for s in submodels}
+        if len({json.dumps(v) for v in values.values()}) > 1:
+            listing = "; ".join(f"{ref}: {v}" for ref, v in values.items())
+            raise DtmError(f"{what} needs sub-models with the same {attr.replace('_', ' ')}, got {listing}")
