@@ -34,6 +34,11 @@ def _error(prog: str, message: str) -> int:
 def parse(parser, argv: Sequence[str] | None) -> tuple:
     """Parse `--config` YAML plus flags into the parser's dataclasses; unknown keys or flags raise DtmError."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not hasattr(parser, "parse_args_and_config"):  # a command whose own `--config` is not a defaults file
+        *parsed, from_flags = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+        if from_flags:
+            raise DtmError(f"unrecognized argument(s): {' '.join(from_flags)}; see `{parser.prog} --help`")
+        return tuple(parsed)
     config_path = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
     try:
         *parsed, from_config, from_flags = parser.parse_args_and_config(

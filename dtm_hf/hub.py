@@ -25,3 +25,18 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str, private: bool,
     url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
     api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type=repo_type, commit_message=message)
     return str(url)
+
+
+def push_folder_with_card(folder: str | Path, repo_id: str, repo_type: str, private: bool, card: str,
+                          message: str) -> str:
+    """Upload a folder in one commit with `card` as its README.md, leaving the local folder untouched."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi()
+    url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    folder = Path(folder)
+    operations = [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p))
+                  for p in sorted(folder.rglob("*")) if p.is_file() and p.relative_to(folder).as_posix() != "README.md"]
+    operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
+    api.create_commit(repo_id, operations, commit_message=message, repo_type=repo_type)
+    return str(url)

@@ -1,0 +1,62 @@
+"""The push stage of `dtm-hf run`: the dataset, every sub-model, the baseline and every merge, with cards
+that link each other (the merge lists its sub-models and their dataset configs; the dataset lists its models)."""
+
+import json
+from pathlib import Path
+
+from .hub import push_folder_with_card, require_push_target
+
+HUB_URL = "https://huggingface.co"
+
+
+def _model_card(folder: Path, *, datasets: list[str], base_model=None, links: str) -> str:
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(folder / "README.md") if (folder / "README.md").is_file() else ModelCard("---\n---\n")
+    card.data.datasets = datasets
+    if base_model is not None:
+        card.data.base_model = base_model
+    card.text = card.text.rstrip() + "\n\n" + links
+    return str(card)
+
+
+def push_run(p, hub: dict) -> dict:
+    from huggingface_hub import DatasetCard
+
+    from .pipeline_stages import TRAIN_MARKER, _submodel_names, merge_name, trained_dir
+
+    namespace, prefix, private = hub["namespace"], hub.get("prefix") or p.run_dir.name, hub.get("private", False)
+    require_push_target(True, namespace, "hub.namespace")
+    dataset_id = f"{namespace}/{prefix}-data"
+    trained = {c: p.submodels_dir / c for c in p.clusters()}
+    if (trained_dir(p, "all") / TRAIN_MARKER).is_file():
+        trained["baseline"] = trained_dir(p, "all")
+    model_ids = {name: f"{namespace}/{prefix}-{name}" for name in trained}
+    merges = {merge_name(m): m for m in p.recipe.get("merge") or []}
+    merge_ids = {name: f"{namespace}/{prefix}-merged-{name}" for name in merges}
+
+    def dataset_link(config: str) -> str:
+        return f"config `{config}` of [{dataset_id}]({HUB_URL}/datasets/{dataset_id})"
+
+    card = DatasetCard.load(p.data_dir / "README.md")
+    listed = [f"- [{i}]({HUB_URL}/{i}): trained on `{'all' if n == 'baseline' else n}`" for n, i in model_ids.items()]
+    listed += [f"- [{i}]({HUB_URL}/{i}): merge ({n}) of the cluster sub-models" for n, i in merge_ids.items()]
+    card.text = card.text.rstrip() + "\n\n## Models trained on this data\n\n" + "\n".join(listed) + "\n"
+    push_folder_with_card(p.data_dir, dataset_id, "dataset", private, str(card), "dtm-hf run: dataset")
+
+    for name, folder in trained.items():
+        config = "all" if name == "baseline" else name
+        links = f"## Disperse-Then-Merge run\n\nTrained on {dataset_link(config)}.\n"
+        text = _model_card(folder, datasets=[dataset_id], links=links)
+        push_folder_with_card(folder, model_ids[name], "model", private, text, f"dtm-hf run: {name}")
+
+    for name, section in merges.items():
+        folder, subs = p.merged_dir / name, _submodel_names(section, p.clusters())
+        rows = "\n".join(f"- [{model_ids[c]}]({HUB_URL}/{model_ids[c]}), trained on {dataset_link(c)}" for c in subs)
+        links = f"## Sub-models\n\n{rows}\n"
+        text = _model_card(folder, datasets=[dataset_id], base_model=[model_ids[c] for c in subs], links=links)
+        push_folder_with_card(folder, merge_ids[name], "model", private, text, f"dtm-hf run: merge {name}")
+
+    pushed = {"dataset": dataset_id, **model_ids, **{f"merged_{n}": i for n, i in merge_ids.items()}}
+    (p.run_dir / "pushed.json").write_text(json.dumps(pushed, indent=2) + "\n")
+    return pushed

@@ -1,0 +1,188 @@
+import json
+from functools import partial
+
+import pytest
+import yaml
+from cli_helpers import dtm, one_error_line
+
+import dtm_hf.distribute
+import dtm_hf.evaluate
+import dtm_hf.merge
+import dtm_hf.train
+from dtm_hf.demo_data import demo_rows, write_demo_jsonl
+from dtm_hf.tiny_model import save_tiny_llama
+
+run = partial(dtm, "run")
+STEPS = {"distribute": dtm_hf.distribute, "train": dtm_hf.train, "merge": dtm_hf.merge, "evaluate": dtm_hf.evaluate}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run_inputs")
+    texts = [m["content"] for row in demo_rows(50) for m in row["messages"]]
+    return write_demo_jsonl(root / "demo.jsonl", n_per_skill=12), save_tiny_llama(root / "tiny", texts)
+
+
+def recipe(inputs, **changes) -> dict:
+    data, model = inputs
+    base = {
+        "distribute": {"dataset": str(data), "n_clusters": 2, "method": "random", "seed": 1},
+        "train": {"model_name_or_path": str(model), "baseline": True, "use_peft": True, "lora_r": 4,
+                  "lora_alpha": 8, "lora_target_modules": ["gate_proj", "up_proj", "down_proj"], "max_steps": 2,
+                  "per_device_train_batch_size": 8, "max_length": 96, "use_cpu": True, "bf16": False,
+                  "dtype": "float32", "gradient_checkpointing": False, "save_strategy": "no", "report_to": "none",
+                  "learning_rate": 1e-2},
+        "merge": [{"method": "linear", "output_dir": "linear", "dtype": "float32"},
+                  {"method": "ties", "density": 0.5, "output_dir": "ties", "dtype": "float32"}],
+        "evaluate": {"held_out": 0.2, "batch_size": 16, "max_length": 96},
+    }
+    for section, values in changes.items():
+        if isinstance(values, dict) and isinstance(base.get(section), dict):
+            base[section] = {**base[section], **values}
+        else:
+            base[section] = values
+    return base
+
+
+def write_recipe(path, content):
+    path.write_text(yaml.safe_dump(content))
+    return path
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """How many times each step's `main` ran, counted at the step modules the pipeline calls."""
+    counts = dict.fromkeys(STEPS, 0)
+    for name, module in STEPS.items():
+        original = module.main
+
+        def counted(*args, _name=name, _original=original):
+            counts[_name] += 1
+            return _original(*args)
+
+        monkeypatch.setattr(module, "main", counted)
+    return counts
+
+
+@pytest.mark.slow
+def test_resume_reruns_only_what_changed_or_was_interrupted(inputs, tmp_path, calls, monkeypatch):
+    run_dir = tmp_path / "run"
+    config = write_recipe(tmp_path / "dtm.yaml", recipe(inputs))
+    assert run("--config", config, "--run_dir", run_dir) == 0
+    assert calls == {"distribute": 1, "train": 3, "merge": 2, "evaluate": 1}
+    for path in ("data/stats.json", "submodels/cluster_0/dtm_train.json", "submodels/cluster_1/dtm_train.json",
+                 "baseline/all/dtm_train.json", "merged/linear/mergekit_config.yml", "merged/ties/config.json",
+                 "eval/results.json", "recipe.yaml"):
+        assert (run_dir / path).is_file(), path
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert set(results["loss"]) == {"base", "baseline", "cluster_0", "cluster_1", "merged_linear", "merged_ties"}
+
+    # Unchanged: nothing runs.
+    assert run("--config", config, "--run_dir", run_dir) == 0
+    assert calls == {"distribute": 1, "train": 3, "merge": 2, "evaluate": 1}
+
+    # A merge setting changed: merge and evaluate re-run; data and sub-models stay.
+    write_recipe(config, recipe(inputs, merge=[{"method": "linear", "output_dir": "linear", "dtype": "float32"},
+                                               {"method": "ties", "density": 0.8, "output_dir": "ties",
+                                                "dtype": "float32"}]))
+    assert run("--config", config, "--run_dir", run_dir) == 0
+    assert calls == {"distribute": 1, "train": 3, "merge": 4, "evaluate": 2}
+    assert "density: 0.8" in (run_dir / "merged" / "ties" / "mergekit_config.yml").read_text()
+
+    # Interrupted during the merge stage: the next run continues there.
+    write_recipe(config, recipe(inputs, merge=[{"method": "linear", "output_dir": "linear", "dtype": "float32",
+                                                "weights": "1,3"}]))
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dtm_hf.merge, "main", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run("--config", config, "--run_dir", run_dir)
+    monkeypatch.undo()
+    assert run("--config", config, "--run_dir", run_dir) == 0
+    merged_yaml = yaml.safe_load((run_dir / "merged" / "linear" / "mergekit_config.yml").read_text())
+    assert [m["parameters"]["weight"] for m in merged_yaml["models"]] == pytest.approx([0.25, 0.75])
+
+    # A distribute setting changed: every stage re-runs on the new split.
+    before = (run_dir / "data" / "clusters.json").read_text()
+    calls.update(dict.fromkeys(STEPS, 0))
+    monkeypatch.setattr(dtm_hf.distribute, "main", lambda *a: calls.__setitem__("distribute", 1) or
+                        dtm_hf.distribute.distribute(*a))
+    write_recipe(config, recipe(inputs, distribute={"seed": 2}))
+    assert run("--config", config, "--run_dir", run_dir) == 0
+    assert calls["distribute"] == 1
+    assert (run_dir / "data" / "clusters.json").read_text() != before
+    state = json.loads((run_dir / "run_state.json").read_text())
+    assert set(state) == {"distribute", "train", "merge", "evaluate"}
+
+
+@pytest.mark.slow
+def test_push_whole_run_with_linked_cards(inputs, tmp_path, hub_server):
+    from huggingface_hub import DatasetCard, ModelCard
+    from transformers import AutoModelForCausalLM
+
+    config = write_recipe(tmp_path / "dtm.yaml", recipe(inputs, merge=[{"method": "linear", "output_dir": "linear"}],
+                                                        hub={"namespace": "tester", "push": True, "prefix": "dtm"}))
+    assert run("--config", config, "--run_dir", tmp_path / "run", "--stages", "distribute,train,merge,push") == 0
+    pushed = json.loads((tmp_path / "run" / "pushed.json").read_text())
+    assert pushed == {"dataset": "tester/dtm-data", "cluster_0": "tester/dtm-cluster_0",
+                      "cluster_1": "tester/dtm-cluster_1", "baseline": "tester/dtm-baseline",
+                      "merged_linear": "tester/dtm-merged-linear"}
+    merged_card = ModelCard.load("tester/dtm-merged-linear")
+    assert merged_card.data.base_model == ["tester/dtm-cluster_0", "tester/dtm-cluster_1"]
+    assert merged_card.data.datasets == ["tester/dtm-data"]
+    assert "config `cluster_1` of [tester/dtm-data]" in merged_card.text
+    dataset_card = DatasetCard.load("tester/dtm-data", repo_type="dataset")
+    for repo in ("tester/dtm-cluster_0", "tester/dtm-baseline", "tester/dtm-merged-linear"):
+        assert repo in dataset_card.text
+    sub_card = ModelCard.load("tester/dtm-cluster_0")
+    assert sub_card.data.datasets == ["tester/dtm-data"] and "config `cluster_0`" in sub_card.text
+    files = hub_server.repo_files("tester/dtm-merged-linear")
+    assert "mergekit_config.yml" in files and "model.safetensors" in files
+    model = AutoModelForCausalLM.from_pretrained("tester/dtm-merged-linear")
+    assert model.config.num_hidden_layers == 2
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"evaluation": {"held_out": 0.1}}, "unknown section(s) ['evaluation']"),
+        ({"train": {"lora_rank": 8}}, "recipe section 'train': unknown key(s) 'lora_rank'"),
+        ({"merge": [{"method": "linear", "submodels": ["cluster_0", "cluster_5"]}]},
+         "merge 'linear' names sub-model(s) ['cluster_5'] that the recipe does not train"),
+        ({"merge": [{"method": "linear", "densty": 0.3}]}, "recipe section \"merge 'linear'\": unknown key(s) 'densty'"),
+        ({"hub": {"push": True}}, "has push: true but no namespace"),
+    ],
+)
+def test_bad_recipe_one_error_nothing_run(inputs, tmp_path, calls, capsys, changes, expected):
+    config = write_recipe(tmp_path / "bad.yaml", recipe(inputs, **changes))
+    assert run("--config", config, "--run_dir", tmp_path / "run") == 2
+    assert expected in one_error_line(capsys, "run")
+    assert not (tmp_path / "run").exists()
+    assert calls == dict.fromkeys(STEPS, 0)
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir = tmp_path / "demo"
+    assert run("--run_dir", run_dir) == 0
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert set(results["loss"]) == {"base", "baseline", "cluster_0", "cluster_1", "cluster_2", "cluster_3",
+                                    "merged_linear", "merged_ties"}
+    loss = results["loss"]
+    # Training helped: every sub-model is better than the base on its own cluster, and so is each merge overall.
+    for k in range(4):
+        assert loss[f"cluster_{k}"][f"cluster_{k}"] < loss["base"][f"cluster_{k}"]
+    assert loss["merged_linear"]["overall"] < loss["base"]["overall"]
+    assert loss["merged_ties"]["overall"] < loss["base"]["overall"]
+    for name in ("results.md", "results.png"):
+        assert (run_dir / "eval" / name).is_file()
+    merged = run_dir / "merged" / "linear"
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(merged), AutoTokenizer.from_pretrained(merged)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 plus 3?"}],
+                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    generated = model.generate(**prompt, max_new_tokens=5, do_sample=False)
+    assert generated.shape[1] > prompt["input_ids"].shape[1]
