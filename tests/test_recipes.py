@@ -5,13 +5,18 @@ from pathlib import Path
 import pytest
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-TRAIN_RECIPES = sorted(p for p in RECIPES.rglob("*.yaml") if "accelerate_configs" not in p.parts)
+TRAIN_RECIPES = sorted(RECIPES.rglob("dtm_*.yaml"))
+PIPELINE_RECIPES = sorted(RECIPES.rglob("dtm.yaml"))
+MERGE_RECIPES = sorted(RECIPES.rglob("merge_*.yaml"))
 ACCELERATE_CONFIGS = sorted((RECIPES / "accelerate_configs").glob("*.yaml"))
 
 
 def test_the_recipes_are_there():
-    names = {p.relative_to(RECIPES).as_posix() for p in TRAIN_RECIPES + ACCELERATE_CONFIGS}
-    assert {"llama-2-7b/dtm_lora.yaml", "llama-2-7b/dtm_qlora.yaml", "tiny/dtm_lora.yaml",
+    every = set(RECIPES.rglob("*.yaml"))
+    assert every == set(TRAIN_RECIPES + PIPELINE_RECIPES + MERGE_RECIPES + ACCELERATE_CONFIGS)
+    names = {p.relative_to(RECIPES).as_posix() for p in every}
+    assert {"llama-2-7b/dtm_lora.yaml", "llama-2-7b/dtm_qlora.yaml", "tiny/dtm_lora.yaml", "llama-2-7b/dtm.yaml",
+            "llama-2-7b/merge_linear.yaml",
             "accelerate_configs/ddp.yaml", "accelerate_configs/fsdp.yaml", "accelerate_configs/zero3.yaml"} <= names
     assert (RECIPES / "README.md").is_file()
 
@@ -47,3 +52,22 @@ def test_accelerate_config_parses(config):
 
     parsed = ClusterConfig.from_yaml_file(str(config))
     assert parsed.num_processes >= 1
+
+
+@pytest.mark.parametrize("recipe", PIPELINE_RECIPES, ids=lambda p: p.relative_to(RECIPES).as_posix())
+def test_pipeline_recipe_validates(recipe, tmp_path):
+    from dtm_hf.pipeline_stages import validate
+    from dtm_hf.run import STAGES, Pipeline, load_recipe
+
+    pipeline = Pipeline(load_recipe(str(recipe), tmp_path / "run"), tmp_path / "run", overwrite=False)
+    assert set(validate(pipeline, list(STAGES))) == set(STAGES)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("recipe", MERGE_RECIPES, ids=lambda p: p.relative_to(RECIPES).as_posix())
+def test_merge_recipe_parses(recipe):
+    from dtm_hf.cli import parse
+    from dtm_hf.merge import make_parser
+
+    (args,) = parse(make_parser(), ["--config", str(recipe)])
+    assert args.submodels and args.output_dir and args.method == "linear"
