@@ -11,6 +11,7 @@ information between their clusters (1.0 = identical partitions up to relabelling
 
 import argparse
 import json
+import os
 import random
 import resource
 import subprocess
@@ -41,9 +42,12 @@ def tulu_like_rows(n: int, seed: int = 0):
 
 
 def run_distribute(args: list[str]) -> tuple[float, float]:
-    """Run dtm-hf distribute in a child process; returns (wall seconds, peak RSS of the child in MiB)."""
+    """Run dtm-hf distribute in a child process with an empty datasets cache (so the JSON is parsed cold);
+    returns (wall seconds, peak RSS of the child in MiB)."""
+    env = {**os.environ, "HF_DATASETS_CACHE": tempfile.mkdtemp(prefix="bench-datasets-cache-")}
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "dtm_hf.distribute", *args], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "dtm_hf.distribute", *args], capture_output=True, text=True,
+                          env=env)
     wall = time.perf_counter() - start
     if done.returncode:
         sys.exit(done.stderr)
