@@ -11,6 +11,16 @@ from .run import Pipeline, accelerate_launch, step_args
 TRAIN_MARKER = "dtm_train.json"
 
 
+def input_signature(path_or_id: str | None) -> list | str | None:
+    """What identifies an input's content cheaply: each local file's size and modification time (a Hub id
+    stands for itself), so that an edited dataset file or a replaced base model re-runs the stages using it."""
+    path = Path(path_or_id or "")
+    if not path_or_id or not path.exists():
+        return path_or_id
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return [(f.relative_to(path).as_posix(), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+
+
 def _merges(recipe: dict) -> list[dict]:
     merges = recipe.get("merge") or []
     if not isinstance(merges, list) or not all(isinstance(m, dict) for m in merges):
@@ -78,7 +88,9 @@ def stage_distribute(p: Pipeline) -> None:
         main(*step_args("distribute", section, {"output_dir": str(p.data_dir), "overwrite": True,
                                                 "push_to_hub": False}, "distribute"))
 
-    p.stage("distribute", section, lambda: (p.data_dir / "stats.json").is_file(), work)
+    settings = {"distribute": section, "input": input_signature(section.get("dataset")),
+                "embedding_model": input_signature(section.get("embedding_model"))}
+    p.stage("distribute", settings, lambda: (p.data_dir / "stats.json").is_file(), work)
 
 
 def _train_overrides(p: Pipeline, cluster: str, overwrite: bool = False) -> dict:
@@ -102,7 +114,8 @@ def stage_train(p: Pipeline) -> None:
     baseline = section.get("baseline", False)
     accelerate_config = p.recipe.get("accelerate_config")
     settings = {"train": section, "accelerate_config": accelerate_config,
-                "held_out": (p.recipe.get("evaluate") or {}).get("held_out")}
+                "held_out": (p.recipe.get("evaluate") or {}).get("held_out"),
+                "base_model": input_signature(section.get("model_name_or_path"))}
 
     def targets():
         return p.clusters() + (["all"] if baseline else [])

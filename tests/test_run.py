@@ -96,22 +96,34 @@ def test_resume_reruns_only_what_changed_or_was_interrupted(inputs, tmp_path, ca
     def interrupted(*args):
         raise KeyboardInterrupt
 
+    counted_merge = dtm_hf.merge.main
     monkeypatch.setattr(dtm_hf.merge, "main", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run("--config", config, "--run_dir", run_dir)
-    monkeypatch.undo()
+    monkeypatch.setattr(dtm_hf.merge, "main", counted_merge)
     assert run("--config", config, "--run_dir", run_dir) == 0
+    assert calls == {"distribute": 1, "train": 3, "merge": 5, "evaluate": 3}
     merged_yaml = yaml.safe_load((run_dir / "merged" / "linear" / "mergekit_config.yml").read_text())
     assert [m["parameters"]["weight"] for m in merged_yaml["models"]] == pytest.approx([0.25, 0.75])
+
+    # The input file changed (same settings): every stage re-runs on the new data.
+    data, _ = inputs
+    original = data.read_text()
+    data.write_text("".join(original.splitlines(keepends=True)[:-4]))
+    calls.update(dict.fromkeys(STEPS, 0))
+    try:
+        assert run("--config", config, "--run_dir", run_dir) == 0
+    finally:
+        data.write_text(original)
+    assert calls == {"distribute": 1, "train": 3, "merge": 1, "evaluate": 1}
+    assert json.loads((run_dir / "data" / "stats.json").read_text())["input_rows"] == 44
 
     # A distribute setting changed: every stage re-runs on the new split.
     before = (run_dir / "data" / "clusters.json").read_text()
     calls.update(dict.fromkeys(STEPS, 0))
-    monkeypatch.setattr(dtm_hf.distribute, "main", lambda *a: calls.__setitem__("distribute", 1) or
-                        dtm_hf.distribute.distribute(*a))
     write_recipe(config, recipe(inputs, distribute={"seed": 2}))
     assert run("--config", config, "--run_dir", run_dir) == 0
-    assert calls["distribute"] == 1
+    assert calls == {"distribute": 1, "train": 3, "merge": 2, "evaluate": 1}
     assert (run_dir / "data" / "clusters.json").read_text() != before
     state = json.loads((run_dir / "run_state.json").read_text())
     assert set(state) == {"distribute", "train", "merge", "evaluate"}
