@@ -12,8 +12,8 @@ re-runs that stage and the ones after it.
 
 import hashlib
 import json
-import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,7 +147,8 @@ def make_parser(prog: str | None = None):
 
 
 def accelerate_launch(config_file: str, train_yaml: Path, cluster: str) -> None:
-    command = [shutil.which("accelerate") or "accelerate", "launch", "--config_file", config_file, "-m",
+    # This interpreter's accelerate, so that the run works without the environment's bin/ on PATH.
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_file, "-m",
                "dtm_hf.train", "--config", str(train_yaml), "--cluster", cluster]
     print("$ " + " ".join(command))
     if subprocess.run(command).returncode:

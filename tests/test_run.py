@@ -130,6 +130,25 @@ def test_resume_reruns_only_what_changed_or_was_interrupted(inputs, tmp_path, ca
 
 
 @pytest.mark.slow
+def test_training_through_accelerate_with_two_processes(inputs, tmp_path):
+    accelerate_config = tmp_path / "two_cpu_processes.yaml"
+    accelerate_config.write_text(yaml.safe_dump({
+        "compute_environment": "LOCAL_MACHINE", "distributed_type": "MULTI_GPU", "num_processes": 2,
+        "num_machines": 1, "machine_rank": 0, "use_cpu": True, "mixed_precision": "no", "dynamo_config": {},
+        "main_training_function": "main", "rdzv_backend": "static", "same_network": True, "gpu_ids": "all",
+    }))
+    content = recipe(inputs, train={"baseline": False, "per_device_train_batch_size": 4})
+    content["accelerate_config"] = str(accelerate_config)
+    config = write_recipe(tmp_path / "dtm.yaml", content)
+    run_dir = tmp_path / "run"
+    assert run("--config", config, "--run_dir", run_dir, "--stages", "distribute,train") == 0
+    for cluster in ("cluster_0", "cluster_1"):
+        marker = json.loads((run_dir / "submodels" / cluster / "dtm_train.json").read_text())
+        assert marker["hyperparameters"]["effective_batch_size"] == 4 * 2  # per device x 2 processes
+    assert (run_dir / "train_cluster_1.yaml").is_file()
+
+
+@pytest.mark.slow
 def test_push_whole_run_with_linked_cards(inputs, tmp_path, hub_server):
     from huggingface_hub import DatasetCard, ModelCard
     from transformers import AutoModelForCausalLM
