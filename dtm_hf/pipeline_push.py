@@ -4,7 +4,7 @@ that link each other (the merge lists its sub-models and their dataset configs; 
 import json
 from pathlib import Path
 
-from .hub import push_folder_with_card, require_push_target
+from .hub import push_folder_with_card
 
 HUB_URL = "https://huggingface.co"
 
@@ -26,7 +26,6 @@ def push_run(p, hub: dict) -> dict:
     from .pipeline_stages import TRAIN_MARKER, _submodel_names, merge_name, trained_dir
 
     namespace, prefix, private = hub["namespace"], hub.get("prefix") or p.run_dir.name, hub.get("private", False)
-    require_push_target(True, namespace, "hub.namespace")
     dataset_id = f"{namespace}/{prefix}-data"
     trained = {c: p.submodels_dir / c for c in p.clusters()}
     if (trained_dir(p, "all") / TRAIN_MARKER).is_file():

@@ -69,6 +69,10 @@ def validate(p: Pipeline, stages: list[str]) -> dict:
                        "prefix")
     if hub.get("push") and not hub.get("namespace"):
         raise DtmError("recipe section 'hub' has push: true but no namespace (a user or organisation name)")
+    if hub.get("push") and "push" in stages:
+        from .hub import require_push_target
+
+        require_push_target(True, hub["namespace"], "hub.namespace")  # the token, before hours of training
     work = {
         "distribute": lambda: stage_distribute(p),
         "train": lambda: stage_train(p),

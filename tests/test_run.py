@@ -184,9 +184,14 @@ def test_push_whole_run_with_linked_cards(inputs, tmp_path, hub_server):
          "merge 'linear' names sub-model(s) ['cluster_5'] that the recipe does not train"),
         ({"merge": [{"method": "linear", "densty": 0.3}]}, "recipe section \"merge 'linear'\": unknown key(s) 'densty'"),
         ({"hub": {"push": True}}, "has push: true but no namespace"),
+        ({"hub": {"push": True, "namespace": "tester"}, "NO_TOKEN": True}, "needs a Hub token"),
     ],
 )
-def test_bad_recipe_one_error_nothing_run(inputs, tmp_path, calls, capsys, changes, expected):
+def test_bad_recipe_one_error_nothing_run(inputs, tmp_path, calls, capsys, monkeypatch, changes, expected):
+    changes = dict(changes)
+    if changes.pop("NO_TOKEN", False):
+        monkeypatch.delenv("HF_TOKEN")
+        monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token"))
     config = write_recipe(tmp_path / "bad.yaml", recipe(inputs, **changes))
     assert run("--config", config, "--run_dir", tmp_path / "run") == 2
     assert expected in one_error_line(capsys, "run")
