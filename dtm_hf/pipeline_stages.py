@@ -6,7 +6,7 @@ from pathlib import Path
 import yaml
 
 from .errors import DtmError
-from .run import Pipeline, accelerate_launch, step_args
+from .run import HUB_KEYS, Pipeline, accelerate_launch, step_args
 
 TRAIN_MARKER = "dtm_train.json"
 
@@ -63,10 +63,9 @@ def validate(p: Pipeline, stages: list[str]) -> dict:
     if "evaluate" in r:
         step_args("evaluate", r["evaluate"], {"models": ["x=x"], "dataset": "x", "output_dir": "x"}, "evaluate")
     hub = r.get("hub") or {}
-    unknown = sorted(set(hub) - {"namespace", "push", "private", "prefix"})
+    unknown = sorted(set(hub) - HUB_KEYS)
     if unknown:
-        raise DtmError(f"unknown key(s) {unknown} in recipe section 'hub'; its keys are namespace, push, private, "
-                       "prefix")
+        raise DtmError(f"unknown key(s) {unknown} in recipe section 'hub'; its keys are {', '.join(sorted(HUB_KEYS))}")
     if hub.get("push") and not hub.get("namespace"):
         raise DtmError("recipe section 'hub' has push: true but no namespace (a user or organisation name)")
     if hub.get("push") and "push" in stages:

@@ -184,6 +184,7 @@ def test_push_whole_run_with_linked_cards(inputs, tmp_path, hub_server):
          "merge 'linear' names sub-model(s) ['cluster_5'] that the recipe does not train"),
         ({"merge": [{"method": "linear", "densty": 0.3}]}, "recipe section \"merge 'linear'\": unknown key(s) 'densty'"),
         ({"hub": {"push": True}}, "has push: true but no namespace"),
+        ({"hub": {"namespace": "tester", "repo": "x"}}, "unknown key(s) ['repo'] in recipe section 'hub'"),
         ({"hub": {"push": True, "namespace": "tester"}, "NO_TOKEN": True}, "needs a Hub token"),
     ],
 )
