@@ -186,6 +186,9 @@ def plot_results(losses: dict[str, dict[str, float]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(columns)), 4.5))
     for i, model in enumerate(models):
         ax.bar(x + i * width - 0.4 + width / 2, [losses[model][c] for c in columns], width, label=model)
+    values = [v for scores in losses.values() for v in scores.values()]
+    span = max(values) - min(values) or 1.0
+    ax.set_ylim(min(values) - 0.15 * span, max(values) + 0.05 * span)  # the differences, not the distance to 0
     ax.set_xticks(x, columns)
     ax.set_ylabel("held-out loss on assistant tokens (lower is better)")
     ax.legend(fontsize="small", bbox_to_anchor=(1.01, 1), loc="upper left")
