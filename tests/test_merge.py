@@ -394,3 +394,49 @@ def test_yaml_config_file(setup, tmp_path):
     assert merge("--config", recipe) == 0
     config = yaml.safe_load((tmp_path / "out" / "mergekit_config.yml").read_text())
     assert [m["parameters"]["weight"] for m in config["models"]] == [0.25, 0.25, 0.5]
+
+
+def _random(dtype):
+    return torch.randn(64, 48, generator=torch.Generator().manual_seed(0)).to(dtype)
+
+
+def _never_called(*args, **kwargs):
+    raise AssertionError("fell back to mergekit's sort where the top k was unambiguous")
+
+
+# (tensor, whether its top k is unambiguous, so that the selection must not fall back to mergekit's sort)
+MAGNITUDE_CASES = [
+    (_random(torch.float32), True), (_random(torch.bfloat16), False), (_random(torch.float16), False),
+    (torch.arange(1.0, 101.0) * torch.tensor([1.0, -1.0]).repeat(50), True),
+    (torch.tensor([3.0, -1.0, 1.0, 1.0, -1.0, 2.0, 0.0, 1.0]), False),  # ties at the threshold
+    (torch.zeros(10), False),  # a LoRA whose B is still zero
+    (torch.tensor([1.0, float("nan"), 2.0, -3.0, 0.5]), False),
+    (torch.tensor([2.0]), True),
+]
+
+
+@pytest.mark.parametrize(("tensor", "unambiguous"), MAGNITUDE_CASES)
+@pytest.mark.parametrize("density", [0.01, 0.3, 0.5, 0.9])
+@pytest.mark.parametrize("rescale", [None, "l1"])
+def test_magnitude_selection_equals_mergekit_bit_for_bit(tensor, unambiguous, density, rescale):
+    from mergekit.sparsify import RescaleNorm, magnitude
+
+    from dtm_hf.lora_stream import magnitude_by_kthvalue
+
+    norm = rescale and RescaleNorm(rescale)
+    expected = magnitude(tensor, density, norm)
+    fallback = _never_called if unambiguous else magnitude
+    actual = magnitude_by_kthvalue(tensor, density, norm, mergekit_magnitude=fallback)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0, equal_nan=True)
+
+
+def test_magnitude_selection_is_scoped_to_the_merge():
+    import mergekit.sparsify
+
+    from dtm_hf.lora_stream import selection_for_magnitude_sparsify
+
+    original = mergekit.sparsify.magnitude
+    with pytest.raises(KeyError), selection_for_magnitude_sparsify():
+        assert mergekit.sparsify.magnitude is not original
+        raise KeyError
+    assert mergekit.sparsify.magnitude is original
