@@ -14,6 +14,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,10 +42,10 @@ def tulu_like_rows(n: int, seed: int = 0):
         yield {"dataset": source, "id": f"{source}_{i}", "messages": messages}
 
 
-def run_distribute(args: list[str]) -> tuple[float, float]:
+def run_distribute(args: list[str], work: Path) -> tuple[float, float]:
     """Run dtm-hf distribute in a child process with an empty datasets cache (so the JSON is parsed cold);
     returns (wall seconds, peak RSS of the child in MiB)."""
-    env = {**os.environ, "HF_DATASETS_CACHE": tempfile.mkdtemp(prefix="bench-datasets-cache-")}
+    env = {**os.environ, "HF_DATASETS_CACHE": tempfile.mkdtemp(prefix="datasets-cache-", dir=work)}
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "dtm_hf.distribute", *args], capture_output=True, text=True,
                           env=env)
@@ -74,8 +75,8 @@ def main():
               "--embedding_model", opts.embedding_model]
     # Distil the static model first so the timed run measures distribution, not the one-off distillation.
     run_distribute([*common, "--embedding_backend", "static", "--max_samples", "100", "--output_dir",
-                    str(work / "warmup")])
-    wall, peak = run_distribute([*common, "--embedding_backend", "static", "--output_dir", str(work / "static")])
+                    str(work / "warmup")], work)
+    wall, peak = run_distribute([*common, "--embedding_backend", "static", "--output_dir", str(work / "static")], work)
     stats = json.loads((work / "static" / "stats.json").read_text())
     t = stats["timings_s"]
     n = stats["kept_rows"]
@@ -89,7 +90,7 @@ def main():
     labels = {}
     for backend in ("transformer", "static"):
         out = work / f"agree_{backend}"
-        wall, _ = run_distribute([*common, *sample, "--embedding_backend", backend, "--output_dir", str(out)])
+        wall, _ = run_distribute([*common, *sample, "--embedding_backend", backend, "--output_dir", str(out)], work)
         labels[backend] = json.loads((out / "clusters.json").read_text())
         embed_s = json.loads((out / "stats.json").read_text())["timings_s"]["embed"]
         print(f"{backend:<11} backend on {opts.agreement_rows} rows: embedding {opts.agreement_rows / embed_s:.0f} rows/s")
@@ -97,6 +98,7 @@ def main():
 
     ami = adjusted_mutual_info_score(labels["transformer"], labels["static"])
     print(f"adjusted mutual information, static vs transformer clusters: {ami:.3f}")
+    shutil.rmtree(work)
 
 
 if __name__ == "__main__":
