@@ -23,15 +23,13 @@ def _model_card(folder: Path, *, datasets: list[str], base_model=None, links: st
 def push_run(p, hub: dict) -> dict:
     from huggingface_hub import DatasetCard
 
-    from .pipeline_stages import TRAIN_MARKER, _submodel_names, merge_name, trained_dir
+    from .pipeline_stages import merge_name, merges_of, submodel_names, trained_models
 
     namespace, prefix, private = hub["namespace"], hub.get("prefix") or p.run_dir.name, hub.get("private", False)
     dataset_id = f"{namespace}/{prefix}-data"
-    trained = {c: p.submodels_dir / c for c in p.clusters()}
-    if (trained_dir(p, "all") / TRAIN_MARKER).is_file():
-        trained["baseline"] = trained_dir(p, "all")
+    trained = trained_models(p)
     model_ids = {name: f"{namespace}/{prefix}-{name}" for name in trained}
-    merges = {merge_name(m): m for m in p.recipe.get("merge") or []}
+    merges = {merge_name(m): m for m in merges_of(p.recipe)}
     merge_ids = {name: f"{namespace}/{prefix}-merged-{name}" for name in merges}
 
     def dataset_link(config: str) -> str:
@@ -50,7 +48,7 @@ def push_run(p, hub: dict) -> dict:
         push_folder_with_card(folder, model_ids[name], "model", private, text, f"dtm-hf run: {name}")
 
     for name, section in merges.items():
-        folder, subs = p.merged_dir / name, _submodel_names(section, p.clusters())
+        folder, subs = p.merged_dir / name, submodel_names(section, p.clusters())
         rows = "\n".join(f"- [{model_ids[c]}]({HUB_URL}/{model_ids[c]}), trained on {dataset_link(c)}" for c in subs)
         links = f"## Sub-models\n\n{rows}\n"
         text = _model_card(folder, datasets=[dataset_id], base_model=[model_ids[c] for c in subs], links=links)

@@ -7,8 +7,7 @@ import yaml
 
 from .errors import DtmError
 from .run import HUB_KEYS, Pipeline, accelerate_launch, step_args
-
-TRAIN_MARKER = "dtm_train.json"
+from .submodel_card import MARKER
 
 
 def input_signature(path_or_id: str | None) -> list | str | None:
@@ -21,7 +20,7 @@ def input_signature(path_or_id: str | None) -> list | str | None:
     return [(f.relative_to(path).as_posix(), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
 
 
-def _merges(recipe: dict) -> list[dict]:
+def merges_of(recipe: dict) -> list[dict]:
     merges = recipe.get("merge") or []
     if not isinstance(merges, list) or not all(isinstance(m, dict) for m in merges):
         raise DtmError("recipe section 'merge' must be a list of merge settings (one mapping per merge)")
@@ -32,7 +31,7 @@ def merge_name(section: dict) -> str:
     return Path(section.get("output_dir") or section.get("method", "linear")).name
 
 
-def _submodel_names(section: dict, clusters: list[str]) -> list[str]:
+def submodel_names(section: dict, clusters: list[str]) -> list[str]:
     return [Path(s).name for s in section.get("submodels") or clusters]
 
 
@@ -47,14 +46,14 @@ def validate(p: Pipeline, stages: list[str]) -> dict:
     if "train" in r:
         step_args("train", r["train"], _train_overrides(p, "cluster_0"), "train")
     k = (r.get("distribute") or {}).get("n_clusters")
-    names = {merge_name(m) for m in _merges(r)}
-    if len(names) < len(_merges(r)):
+    names = {merge_name(m) for m in merges_of(r)}
+    if len(names) < len(merges_of(r)):
         raise DtmError("two merges in the recipe write to the same merged/<name>; give each its own output_dir")
-    for section in _merges(r):
+    for section in merges_of(r):
         label = f"merge {merge_name(section)!r}"
         if k is not None:
             trained = [f"cluster_{i}" for i in range(k)]
-            missing = [s for s in _submodel_names(section, trained) if s not in trained]
+            missing = [s for s in submodel_names(section, trained) if s not in trained]
             if missing:
                 raise DtmError(f"{label} names sub-model(s) {missing} that the recipe does not train "
                                f"(it trains {', '.join(trained)})")
@@ -75,7 +74,7 @@ def validate(p: Pipeline, stages: list[str]) -> dict:
     work = {
         "distribute": lambda: stage_distribute(p),
         "train": lambda: stage_train(p),
-        "merge": lambda: stage_merge(p) if _merges(r) else None,
+        "merge": lambda: stage_merge(p) if merges_of(r) else None,
         "evaluate": lambda: stage_evaluate(p) if "evaluate" in r else None,
         "push": lambda: stage_push(p) if hub.get("push") else None,
     }
@@ -99,7 +98,7 @@ def stage_distribute(p: Pipeline) -> None:
 def _train_overrides(p: Pipeline, cluster: str, overwrite: bool = False) -> dict:
     evaluate = p.recipe.get("evaluate") or {}
     overrides = {"dataset": str(p.data_dir), "cluster": cluster, "overwrite": overwrite, "push_to_hub": False,
-                 "output_dir": str(p.baseline_dir if cluster == "all" else p.submodels_dir)}
+                 "output_dir": str(trained_dir(p, cluster).parent)}
     if "held_out" in evaluate:
         overrides["held_out"] = evaluate["held_out"]
     return overrides
@@ -108,6 +107,12 @@ def _train_overrides(p: Pipeline, cluster: str, overwrite: bool = False) -> dict
 def trained_dir(p: Pipeline, cluster: str) -> Path:
     """`dtm-hf train` writes OUTPUT_DIR/<cluster>/: sub-models under submodels/, the baseline at baseline/all/."""
     return (p.baseline_dir if cluster == "all" else p.submodels_dir) / cluster
+
+
+def trained_models(p: Pipeline) -> dict[str, Path]:
+    """The trained models by name: the baseline (when the recipe trained one) and every cluster's sub-model."""
+    baseline = {"baseline": trained_dir(p, "all")} if (trained_dir(p, "all") / MARKER).is_file() else {}
+    return {**baseline, **{c: trained_dir(p, c) for c in p.clusters()}}
 
 
 def stage_train(p: Pipeline) -> None:
@@ -124,7 +129,7 @@ def stage_train(p: Pipeline) -> None:
         return p.clusters() + (["all"] if baseline else [])
 
     def complete():
-        return all((trained_dir(p, c) / TRAIN_MARKER).is_file() for c in targets())
+        return all((trained_dir(p, c) / MARKER).is_file() for c in targets())
 
     def work(changed):
         for cluster in targets():
@@ -142,14 +147,14 @@ def stage_train(p: Pipeline) -> None:
 def stage_merge(p: Pipeline) -> None:
     from .merge import main
 
-    merges = _merges(p.recipe)
+    merges = merges_of(p.recipe)
 
     def out(section):
         return p.merged_dir / merge_name(section)
 
     def work(changed):
         for section in merges:
-            subs = [str(p.submodels_dir / s) for s in _submodel_names(section, p.clusters())]
+            subs = [str(trained_dir(p, s)) for s in submodel_names(section, p.clusters())]
             main(*step_args("merge", section, {"submodels": subs, "output_dir": str(out(section)), "overwrite": True,
                                                "push_to_hub": False}, f"merge {merge_name(section)!r}"))
 
@@ -158,10 +163,8 @@ def stage_merge(p: Pipeline) -> None:
 
 def evaluated_models(p: Pipeline) -> list[str]:
     models = [f"base={p.recipe['train']['model_name_or_path']}"]
-    if (trained_dir(p, "all") / TRAIN_MARKER).is_file():
-        models.append(f"baseline={trained_dir(p, 'all')}")
-    models += [f"{c}={p.submodels_dir / c}" for c in p.clusters()]
-    models += [f"merged_{merge_name(m)}={p.merged_dir / merge_name(m)}" for m in _merges(p.recipe)]
+    models += [f"{name}={path}" for name, path in trained_models(p).items()]
+    models += [f"merged_{merge_name(m)}={p.merged_dir / merge_name(m)}" for m in merges_of(p.recipe)]
     return models
 
 

@@ -32,7 +32,8 @@ HUB_KEYS = {"namespace", "push", "private", "prefix"}
 class RunArguments:
     config: str | None = field(default=None, metadata={"help": "Pipeline recipe (YAML); the offline demo if unset."})
     run_dir: str | None = field(default=None, metadata={"help": "Run folder (default: ./dtm-demo for the demo)."})
-    stages: str = field(default=",".join(STAGES), metadata={"help": "Comma-separated stages to run, in order."})
+    stages: str = field(default=",".join(STAGES), metadata={
+        "help": "Comma-separated stages to run; they always run in pipeline order."})
     overwrite: bool = field(default=False, metadata={"help": "Re-run every stage even when its outputs are current."})
 
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DtmError
+from .submodel_card import MARKER as TRAIN_MARKER
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-TRAIN_MARKER = "dtm_train.json"
 BASELINE = "all"  # the training root's sub-model trained on every row: a baseline, never merged
 LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
 PEFT_PREFIX = "base_model.model."
