@@ -120,7 +120,7 @@ def reduce_dataset(data, fmt: str, args: DistributeArguments):
 
     kept = data.map(reduce_batch, batched=True, batch_size=2000, with_indices=True, load_from_cache_file=False,
                     remove_columns=data.column_names, features=Features(features), desc="First turns")
-    return kept, len(kept), {reason: skipped[reason] for reason in SKIP_REASONS if skipped[reason]}
+    return kept, {reason: skipped[reason] for reason in SKIP_REASONS if skipped[reason]}
 
 
 def validate(args: DistributeArguments) -> Path:
@@ -158,7 +158,8 @@ def distribute(args: DistributeArguments) -> Path:
     timings["load"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    kept, kept_rows, skipped = reduce_dataset(data, fmt, args)
+    kept, skipped = reduce_dataset(data, fmt, args)
+    kept_rows = len(kept)
     timings["reduce"] = time.perf_counter() - start
     print(f"{input_rows} rows read ({fmt} format); {kept_rows} kept, {input_rows - kept_rows} skipped {skipped}")
     k = args.n_clusters
