@@ -55,21 +55,14 @@ def parse_models(pairs: list[str]) -> dict[str, str]:
 
 
 def held_out_rows(dataset: str, fraction: float, seed: int, limit: int | None) -> dict[str, list[dict]]:
-    """Each cluster config's held-out rows (all of its rows' `messages` and `row`)."""
-    from datasets import get_dataset_config_names, load_dataset
-
+    """Each cluster's held-out rows (`messages` and `row`), at most `limit` per cluster."""
+    from .cluster_data import load_rows, read_distribute_output
     from .held_out import is_held_out
 
-    try:
-        configs = get_dataset_config_names(dataset)
-    except Exception as err:  # noqa: BLE001 - any failure here means the dataset is not usable
-        raise DtmError(f"cannot read the dataset {dataset!r}: {str(err).splitlines()[0]}") from err
-    clusters = sorted((c for c in configs if c.startswith("cluster_")), key=lambda c: int(c.split("_")[1]))
-    if not clusters:
-        raise DtmError(f"{dataset} is not a dtm-hf distribute output (it has no cluster_* configs)")
+    source = read_distribute_output(dataset)
     rows = {}
-    for cluster in clusters:
-        data = load_dataset(dataset, cluster, split="train")
+    for cluster in source.clusters:
+        data = load_rows(source, [cluster])
         keep = [i for i, row in enumerate(data["row"]) if is_held_out(row, fraction, seed)][:limit]
         if not keep:
             raise DtmError(f"no held-out rows in {cluster} at --held_out {fraction}; raise it or add data")

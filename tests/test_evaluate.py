@@ -85,6 +85,14 @@ def test_bad_input(setup, tmp_path, capsys, argv, expected):
     assert not out.exists()
 
 
+def test_dataset_that_is_not_a_distribute_output(setup, tmp_path, capsys):
+    _, base, _ = setup
+    out = tmp_path / "eval"
+    assert dtm("evaluate", "--models", f"base={base}", "--dataset", base, "--output_dir", out) == 2
+    assert "is not a `dtm-hf distribute` output" in one_error_line(capsys, "evaluate")
+    assert not out.exists()
+
+
 def test_lm_eval_task_over_a_local_file(setup, tmp_path):
     pytest.importorskip("lm_eval")
     from transformers import AutoModelForCausalLM, AutoTokenizer
