@@ -8,7 +8,7 @@ evaluation.
 
 from pathlib import Path
 
-from .demo_data import demo_rows, write_demo_jsonl
+from .demo_data import demo_texts, write_demo_jsonl
 from .tiny_model import save_tiny_llama
 
 N_PER_SKILL = 150
@@ -29,7 +29,7 @@ def prepare_demo(run_dir: Path) -> dict:
     if not data.is_file():
         write_demo_jsonl(data, n_per_skill=N_PER_SKILL)
     if not (model / "config.json").is_file():
-        texts = [m["content"] for row in demo_rows(N_PER_SKILL) for m in row["messages"]]
+        texts = demo_texts(N_PER_SKILL)
         save_tiny_llama(model, texts)
     embedding_model = _embedding_model()
     distribute = {"dataset": str(data), "n_clusters": 4, "seed": 42}

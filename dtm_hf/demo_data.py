@@ -68,6 +68,11 @@ def demo_rows(n_per_skill: int = 200, seed: int = 0) -> list[dict]:
     return rows
 
 
+def demo_texts(n_per_skill: int = 200, seed: int = 0) -> list[str]:
+    """Every message of the demo rows: the text a tokenizer for the demo is trained on."""
+    return [m["content"] for row in demo_rows(n_per_skill, seed) for m in row["messages"]]
+
+
 def write_demo_jsonl(path: str | Path, n_per_skill: int = 200, seed: int = 0) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

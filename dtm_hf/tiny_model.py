@@ -77,7 +77,7 @@ def save_tiny_llama(output_dir: str | Path, texts: Iterable[str], seed: int = 0,
 
 
 if __name__ == "__main__":
-    from .demo_data import demo_rows
+    from .demo_data import demo_texts
 
-    texts = [m["content"] for row in demo_rows() for m in row["messages"]]
+    texts = demo_texts()
     print(save_tiny_llama(sys.argv[1] if len(sys.argv) > 1 else "tiny-llama", texts))

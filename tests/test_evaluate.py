@@ -4,7 +4,7 @@ import pytest
 import torch
 from cli_helpers import dtm, one_error_line
 
-from dtm_hf.demo_data import demo_rows, write_demo_jsonl
+from dtm_hf.demo_data import demo_texts, write_demo_jsonl
 from dtm_hf.held_out import is_held_out
 from dtm_hf.tiny_model import save_tiny_llama
 
@@ -12,7 +12,7 @@ from dtm_hf.tiny_model import save_tiny_llama
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    texts = [m["content"] for row in demo_rows(50) for m in row["messages"]]
+    texts = demo_texts(50)
     base = save_tiny_llama(root / "base", texts, seed=0)
     other = save_tiny_llama(root / "other", texts, seed=1)
     data = write_demo_jsonl(root / "demo.jsonl", n_per_skill=20)

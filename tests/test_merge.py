@@ -12,7 +12,7 @@ import yaml
 from cli_helpers import dtm, one_error_line
 from safetensors.torch import load_file
 
-from dtm_hf.demo_data import demo_rows
+from dtm_hf.demo_data import demo_texts
 from dtm_hf.tiny_model import save_tiny_llama
 
 TARGETS = ["gate_proj", "up_proj", "down_proj"]
@@ -47,7 +47,7 @@ def make_submodel(base, folder, seed, cluster, rank=RANK, alpha=ALPHA, targets=T
 def setup(tmp_path_factory):
     """A base without a chat template (like a pretrained model) and a training root with 3 clusters and `all`."""
     root = tmp_path_factory.mktemp("merge")
-    texts = [m["content"] for row in demo_rows(20) for m in row["messages"]]
+    texts = demo_texts(20)
     base = save_tiny_llama(root / "base", texts, seed=0)
     (base / "chat_template.jinja").rename(root / "chat_template.jinja")
     train = root / "train"

@@ -9,7 +9,7 @@ import dtm_hf.distribute
 import dtm_hf.evaluate
 import dtm_hf.merge
 import dtm_hf.train
-from dtm_hf.demo_data import demo_rows, write_demo_jsonl
+from dtm_hf.demo_data import demo_texts, write_demo_jsonl
 from dtm_hf.tiny_model import save_tiny_llama
 
 run = partial(dtm, "run")
@@ -19,7 +19,7 @@ STEPS = {"distribute": dtm_hf.distribute, "train": dtm_hf.train, "merge": dtm_hf
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("run_inputs")
-    texts = [m["content"] for row in demo_rows(50) for m in row["messages"]]
+    texts = demo_texts(50)
     return write_demo_jsonl(root / "demo.jsonl", n_per_skill=12), save_tiny_llama(root / "tiny", texts)
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from cli_helpers import dtm, one_error_line
 
-from dtm_hf.demo_data import write_demo_jsonl
+from dtm_hf.demo_data import demo_texts, write_demo_jsonl
 from dtm_hf.held_out import is_held_out
 from dtm_hf.tiny_model import save_tiny_llama
 
@@ -23,10 +23,9 @@ N_PER_SKILL, K = 10, 4  # 40 rows, 10 per cluster
 def setup(tmp_path_factory):
     """A base without a chat template (like Llama-2-7b-hf), a distribute output with 4 clusters, and the tiny
     recipe pointed at them with a few steps per sub-model."""
-    from dtm_hf.demo_data import demo_rows
 
     root = tmp_path_factory.mktemp("train")
-    texts = [m["content"] for row in demo_rows(N_PER_SKILL) for m in row["messages"]]
+    texts = demo_texts(N_PER_SKILL)
     base = save_tiny_llama(root / "base", texts)
     (base / "chat_template.jinja").unlink()
     data_file = write_demo_jsonl(root / "demo.jsonl", n_per_skill=N_PER_SKILL)
