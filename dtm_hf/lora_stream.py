@@ -1,14 +1,14 @@
 """Merge LoRA sub-models without materialising them: mergekit's planner and methods over on-the-fly tensors.
 
 mergekit reads `base+adapter` references by first writing a merged copy of the base per adapter to a cache (K
-full models written and read back). Here the same merge configuration is planned and executed by mergekit, but
-each `base+adapter` reference is served by a loader that computes W + scale * B @ A when mergekit asks for a
-tensor, from the base read once (the K+1 requests for one tensor arrive together and share one read) and the
-adapters held in memory. mergekit's own method implementations merge each tensor; the results are streamed
-into safetensors shards whose headers are laid out before the run, so no shard is ever held in memory.
+full models written and read back). Here the same merge configuration is planned by mergekit, and each
+`base+adapter` reference is served by a loader that computes W + scale * B @ A when a tensor (or a block of its
+rows) is asked for, from the base read once and the adapters held in memory. mergekit's own merge tasks merge each
+tensor: linear, task arithmetic and TIES block of rows by block of rows (`row_blocks`), other methods whole. The
+results are streamed into safetensors shards whose headers are laid out before the run, so no shard is ever held in
+memory.
 """
 
-import contextlib
 import json
 import math
 import os
@@ -22,46 +22,7 @@ DEFAULT_SHARD_BYTES = 5 * 2**30
 # Methods that add merged task vectors to the base: where no adapter changes a tensor, every task vector is zero
 # and they return the base's tensor exactly (base + 0), so it is copied rather than sorted, masked and summed.
 TASK_VECTOR_METHODS = {"ties", "task_arithmetic", "dare_ties"}
-
-
-def magnitude_by_kthvalue(tensor, density, rescale_norm=None, *, mergekit_magnitude):
-    """mergekit's `sparsify.magnitude` (keep the `density` largest |values|) with a selection instead of a sort.
-
-    mergekit sorts all |values| to take the top k; when the k-th largest value is the only one of its magnitude,
-    the top k is exactly the set {|x| >= k-th largest}, whatever the sort, so the mask and the result are
-    mergekit's bit for bit. Otherwise (ties at the threshold, NaNs) which tied entries mergekit keeps depends on
-    its unstable argsort, so mergekit's own function decides. Such ties are common (a task vector is a difference
-    of float32 weights, so equal magnitudes recur): 4 in 10 task vectors of the benchmark, 10 of 75 in the tests.
-    """
-    import torch
-    from mergekit.sparsify import rescaled_masked_tensor
-
-    n = tensor.numel()
-    if 0 < density < 1 and n:
-        k = max(1, int(density * n))
-        w = tensor.abs().reshape(-1)
-        if w.device.type == "cpu":
-            w = w.float()  # as mergekit does, so that both compare the same values
-        keep = w >= torch.kthvalue(w, n - k + 1).values
-        if int(keep.sum()) == k:
-            return rescaled_masked_tensor(tensor, keep.to(tensor.dtype).reshape_as(tensor), rescale_norm)
-    return mergekit_magnitude(tensor, density, rescale_norm)
-
-
-@contextlib.contextmanager
-def selection_for_magnitude_sparsify():
-    """Within the block, mergekit's magnitude sparsification (the TIES method) selects rather than sorts:
-    its full argsort per task vector was most of a TIES merge's time."""
-    import functools
-
-    import mergekit.sparsify
-
-    original = mergekit.sparsify.magnitude
-    mergekit.sparsify.magnitude = functools.partial(magnitude_by_kthvalue, mergekit_magnitude=original)
-    try:
-        yield
-    finally:
-        mergekit.sparsify.magnitude = original
+BLOCK_ELEMENTS = {"cpu": 2**18, "cuda": 2**25}  # elements per input in one block of rows: cache-sized on a CPU
 
 
 class SharedBaseLoader:
@@ -72,7 +33,18 @@ class SharedBaseLoader:
 
         self.loader = LazyTensorLoader(ShardedTensorIndex.from_disk(str(base_path)), lazy_unpickle=False)
         self.index = self.loader.index
-        self._last = (None, None)
+        self._last = self._last_rows = (None, None)
+        self._headers = {}
+
+    def header(self, key) -> tuple[str, list[int]]:
+        """The stored dtype code and shape of the tensor `key`, from its shard's header."""
+        from safetensors import safe_open
+
+        shard = self.index.tensor_paths[key]
+        if shard not in self._headers:
+            with safe_open(os.path.join(self.index.base_path, shard), framework="pt") as f:
+                self._headers[shard] = {k: (f.get_slice(k).get_dtype(), f.get_slice(k).get_shape()) for k in f.keys()}
+        return self._headers[shard][key]
 
     def get_tensor(self, key, device="cpu", aliases=None, raise_on_missing=True):
         if self._last[0] != (key, device):
@@ -80,8 +52,14 @@ class SharedBaseLoader:
             self._last = ((key, device), self.loader.get_tensor(key, device, aliases, raise_on_missing))
         return self._last[1]
 
+    def get_rows(self, key, start, stop, device="cpu"):
+        """Rows [start, stop) of the tensor `key` on `device`; the last block is kept for the other references."""
+        if self._last_rows[0] != (key, start, stop, device):
+            self._last_rows = ((key, start, stop, device), self.get_tensor(key)[start:stop].to(device))
+        return self._last_rows[1]
+
     def flush(self):
-        self._last = (None, None)
+        self._last = self._last_rows = (None, None)
         self.loader.flush()
 
 
@@ -97,19 +75,33 @@ class LoraTensorLoader:
         self.loras = {weight: (tensors[a], tensors[b]) for weight, (a, b) in modules.items()}
         lora_keys = {key for pair in modules.values() for key in pair}
         self.saved = {key.removeprefix(PEFT_PREFIX): t for key, t in tensors.items() if key not in lora_keys}
+        self._factors = (None, None)  # (key, device), (A, B) there in float32: the last tensor's, for its next block
 
     def get_tensor(self, key, device="cpu", aliases=None, raise_on_missing=True):
+        weight = self.base.get_tensor(key, device, aliases, raise_on_missing)
+        if weight is None:
+            return weight
+        return self._apply(key, weight, None, device)
+
+    def get_rows(self, key, start, stop, device="cpu"):
+        """Rows [start, stop) of the tensor `key`: bit for bit those rows of get_tensor's when they are at least
+        row_blocks.MIN_ROWS (on a CPU)."""
+        return self._apply(key, self.base.get_rows(key, start, stop, device), slice(start, stop), device)
+
+    def _apply(self, key, weight, rows, device):
         import torch
 
-        weight = self.base.get_tensor(key, device, aliases, raise_on_missing)
-        if weight is None or key not in self.loras and key not in self.saved:
-            return weight
         if key in self.saved:
-            return self.saved[key].to(device=device, dtype=weight.dtype)
-        a, b = (t.to(device) for t in self.loras[key])
+            saved = self.saved[key] if rows is None else self.saved[key][rows]
+            return saved.to(device=device, dtype=weight.dtype)
+        if key not in self.loras:
+            return weight
+        if self._factors[0] != (key, device):
+            self._factors = ((key, device), tuple(t.to(device).float() for t in self.loras[key]))
+        a, b = self._factors[1]
         # PEFT's arithmetic, so that the result equals merge_and_unload's bit for bit: (B @ A) * scale in float32,
         # added to the weight. In place, to touch one fresh buffer rather than three.
-        delta = torch.matmul(b.float(), a.float()).mul_(self.scale)
+        delta = torch.matmul(b if rows is None else b[rows], a).mul_(self.scale)
         if weight.dtype == torch.float32:
             return delta.add_(weight)
         return delta.add_(weight.float()).to(weight.dtype)
@@ -145,21 +137,29 @@ class StreamingShardWriter:
             os.write(fd, len(encoded).to_bytes(8, "little") + encoded)
             start = 8 + len(encoded)
             self.files.append(fd)
-            for name, dtype, shape, _ in shard:
-                self.slots[name] = (fd, start + header[name]["data_offsets"][0], dtype, shape)
+            for name, dtype, shape, nbytes in shard:
+                self.slots[name] = (fd, start + header[name]["data_offsets"][0], dtype, shape, nbytes)
                 self.weight_map[name] = file_name
         self.total_size = sum(entry[3] for entry in layout)
 
-    def write(self, name: str, tensor) -> None:
+    def write(self, name: str, tensor, first_row: int = 0) -> None:
+        """Write `tensor` as the tensor `name`, or as its rows from `first_row` on."""
         import torch
 
-        fd, offset, dtype, shape = self.slots.pop(name)
-        if str(tensor.dtype).removeprefix("torch.") != dtype or list(tensor.shape) != shape:
-            raise RuntimeError(f"{name}: planned {dtype}{shape}, merged {tensor.dtype}{list(tensor.shape)}")
+        fd, offset, dtype, shape, left = self.slots[name]
+        if str(tensor.dtype).removeprefix("torch.") != dtype or list(tensor.shape[1:]) != shape[1:] or (
+                first_row + (tensor.shape[0] if shape else 1) > (shape[0] if shape else 1)):
+            raise RuntimeError(f"{name}: planned {dtype}{shape}, merged {tensor.dtype}{list(tensor.shape)} "
+                               f"from row {first_row}")
         view = memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        offset += first_row * (len(view) // tensor.shape[0] if shape and tensor.shape[0] else 0)
         written = 0
         while written < len(view):
             written += os.pwrite(fd, view[written:], offset + written)
+        if left == len(view):
+            del self.slots[name]
+        else:
+            self.slots[name] = (fd, self.slots[name][1], dtype, shape, left - len(view))
 
     def close(self) -> None:
         for fd in self.files:
@@ -182,24 +182,19 @@ def _source_name(save, loader: SharedBaseLoader) -> str:
 def _layout(saves, loader: SharedBaseLoader, dtype: str | None) -> list[tuple[str, str, list[int], int]]:
     """(name, dtype, shape, bytes) of every output tensor, from the base's headers (merges keep the shapes)."""
     import torch
-    from safetensors import safe_open
 
-    slices, layout = {}, []
+    layout = []
     for save in saves:
-        source = _source_name(save, loader)
-        shard = loader.index.tensor_paths[source]
-        if shard not in slices:
-            with safe_open(os.path.join(loader.index.base_path, shard), framework="pt") as f:
-                slices[shard] = {k: (f.get_slice(k).get_dtype(), f.get_slice(k).get_shape()) for k in f.keys()}
-        stored, shape = slices[shard][source]
+        stored, shape = loader.header(_source_name(save, loader))
         out_dtype = save.dtype or dtype or STORED_DTYPES[stored]
         layout.append((save.tensor_name, out_dtype, list(shape), math.prod(shape) * getattr(torch, out_dtype).itemsize))
     return layout
 
 
 def stream_merge(config, out: Path, base_path: Path, submodels: list[SubModel], seed: int,
-                 max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
-    """Run the mergekit configuration `config` (whose LoRA references are `base_path+submodel.path`) into `out`."""
+                 max_shard_bytes: int = DEFAULT_SHARD_BYTES, device: str = "cpu") -> None:
+    """Run the mergekit configuration `config` (whose LoRA references are `base_path+submodel.path`) into `out`,
+    with the arithmetic on `device`."""
     import transformers
     from mergekit.architecture import get_architecture_info
     from mergekit.common import dtype_from_name
@@ -209,7 +204,10 @@ def stream_merge(config, out: Path, base_path: Path, submodels: list[SubModel], 
     from mergekit.plan import MergePlanner
     from tqdm.auto import tqdm
 
-    options = MergeOptions(random_seed=seed)
+    from .row_blocks import RowBlockMerge
+    from .top_k import stable_magnitude
+
+    options = MergeOptions(random_seed=seed, device=device)
     transformers.trainer_utils.set_seed(seed)
     by_path = {str(sub.path): sub for sub in submodels}
     cache = LoaderCache()
@@ -228,33 +226,49 @@ def stream_merge(config, out: Path, base_path: Path, submodels: list[SubModel], 
         # which run here with our loaders and go to our streaming writer instead of mergekit's (which holds a
         # whole shard in memory).
         planned = MergePlanner(config, arch_info, options=options, out_model_config=out_config).plan_to_disk(str(out))
-        saves = {save.tensor_task: save for save in planned if isinstance(save, SaveTensor)}
+        saves = [save for save in planned if isinstance(save, SaveTensor)]
         copied = []
         if config.merge_method in TASK_VECTOR_METHODS:
             changed = set().union(*(set(loader.loras) | set(loader.saved) for loader in cache.loaders.values()
                                     if isinstance(loader, LoraTensorLoader)))
-            copied = [save for save in saves.values() if _source_name(save, base) not in changed]
-            saves = {task: save for task, save in saves.items() if save not in copied}
-        executor = Executor(list(saves), math_device=options.device, storage_device="cpu")
-        wanted = set(executor.targets)
-        ordered = [saves[handle.task()] for handle in executor.schedule.tasks if handle in wanted]
-        layout = _layout(copied + ordered, base, config.out_dtype or config.dtype)
+            copied = [save for save in saves if _source_name(save, base) not in changed]
+        blockwise = {save: RowBlockMerge.plan(save, cache.loaders, base, device) for save in saves
+                     if save not in copied}
+        whole = {save.tensor_task: save for save, block in blockwise.items() if block is None}
+        blockwise = {save: block for save, block in blockwise.items() if block is not None}
+        executor = Executor(list(whole), math_device=device, storage_device="cpu") if whole else None
+        ordered = []
+        if executor:
+            wanted = set(executor.targets)
+            ordered = [whole[handle.task()] for handle in executor.schedule.tasks if handle in wanted]
+        layout = _layout(copied + list(blockwise) + ordered, base, config.out_dtype or config.dtype)
         writer = StreamingShardWriter(out, layout, max_shard_bytes)
         progress = tqdm(total=len(layout), desc="Merging tensors", unit="tensor")
-        for save in copied:
-            tensor = base.get_tensor(_source_name(save, base))
-            for dtype in (config.dtype, save.dtype):  # the casts mergekit's load and save tasks would apply
+
+        def cast(tensor, *dtypes):  # the casts mergekit's load and save tasks would apply
+            for dtype in dtypes:
                 tensor = tensor.to(dtype_from_name(dtype)) if dtype else tensor
-            writer.write(save.tensor_name, tensor)
+            return tensor
+
+        for save in copied:
+            writer.write(save.tensor_name, cast(base.get_tensor(_source_name(save, base)), config.dtype, save.dtype))
             progress.update()
-        with selection_for_magnitude_sparsify():
-            for task, tensor in executor.run(quiet=True):
-                save = saves[task]
-                if tensor is None:
+        block_elements = BLOCK_ELEMENTS["cuda" if device.startswith("cuda") else "cpu"]
+        for save, block in blockwise.items():
+            for first_row, rows in block.run(block_elements):
+                if rows is None:
                     raise RuntimeError(f"mergekit gave no value for {save.tensor_name}")
-                writer.write(save.tensor_name, tensor.to(dtype_from_name(save.dtype)) if save.dtype else tensor)
-                del tensor
-                progress.update()
+                writer.write(save.tensor_name, cast(rows, save.dtype), first_row)
+            progress.update()
+        if executor:
+            with stable_magnitude():
+                for task, tensor in executor.run(quiet=True):
+                    save = whole[task]
+                    if tensor is None:
+                        raise RuntimeError(f"mergekit gave no value for {save.tensor_name}")
+                    writer.write(save.tensor_name, cast(tensor, save.dtype))
+                    del tensor
+                    progress.update()
         progress.close()
         writer.close()
         out_config.save_pretrained(out)

@@ -54,6 +54,9 @@ class MergeArguments:
     dtype: str | None = field(default=None, metadata={
         "help": "float16, bfloat16 or float32: dtype of the merge and the output (default: the base model's)."})
     seed: int = field(default=42, metadata={"help": "Random seed of dare_ties (mergekit's --random-seed)."})
+    device: str = field(default="cpu", metadata={
+        "help": "Where the merge arithmetic runs: cpu, or cuda / cuda:N to do it on a GPU (tensors are read and "
+                "written through the CPU either way)."})
     lora_route: str = field(default="auto", metadata={
         "help": "How LoRA sub-models reach mergekit: stream (each tensor computed on the fly as W + scale * B @ A, "
                 "the base read once, nothing cached), mergekit (its `base+adapter` route: one merged copy of the base "
@@ -145,6 +148,7 @@ def _check_flags(args: MergeArguments) -> tuple[str, int]:
     if args.lora_route not in ROUTES:
         raise DtmError(f"unknown --lora_route {args.lora_route!r}; choose one of {', '.join(ROUTES)}")
     shard_bytes = parse_size(args.max_shard_size)
+    _check_device(args.device)
     if not 0 < args.density <= 1:
         raise DtmError(f"--density must be in (0, 1], got {args.density}")
     output_format = args.output_format or ("adapter" if args.method == PAPER else "full")
@@ -165,6 +169,17 @@ def _check_flags(args: MergeArguments) -> tuple[str, int]:
         raise DtmError("--emit_only writes no model to push; drop --push_to_hub")
     require_push_target(args.push_to_hub, args.hub_model_id, "--hub_model_id")
     return output_format, shard_bytes
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", device):
+        raise DtmError(f"unknown --device {device!r}; choose cpu, cuda or cuda:N")
+    if device != "cpu":
+        index = int(device.partition(":")[2] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise DtmError(f"--device {device}: no such CUDA GPU is visible here; use --device cpu")
 
 
 def validate(args: MergeArguments) -> MergePlan:
@@ -233,10 +248,12 @@ def parse_size(text) -> int:
     return int(float(match.group(1)) * SIZE_UNITS[match.group(2) or "B"])
 
 
-def run_mergekit(config, out: Path, seed: int, shard_bytes: int) -> None:
+def run_mergekit(config, out: Path, seed: int, shard_bytes: int, device: str) -> None:
     """mergekit's Python API, offline, with a LoRA merge cache made for this merge and deleted after it."""
     from mergekit.io.tasks import LoaderCache
     from mergekit.merge import MergeOptions, run_merge
+
+    from .top_k import stable_magnitude
 
     cache = Path(tempfile.mkdtemp(prefix=".lora-merge-cache-", dir=out.parent))
     # mergekit keeps its loaders in a class-level dict keyed by reference: one left from an earlier merge in this
@@ -244,8 +261,9 @@ def run_mergekit(config, out: Path, seed: int, shard_bytes: int) -> None:
     LoaderCache().loaders.clear()
     try:
         options = MergeOptions(lora_merge_cache=str(cache), write_model_card=False, random_seed=seed,
-                               out_shard_size=shard_bytes)
-        run_merge(config, str(out), options=options)
+                               out_shard_size=shard_bytes, device=device)
+        with stable_magnitude():
+            run_merge(config, str(out), options=options)
     finally:
         LoaderCache().loaders.clear()
         shutil.rmtree(cache, ignore_errors=True)
@@ -310,11 +328,11 @@ def merge(args: MergeArguments) -> Path:
             print(f"Wrote {plan.output / CONFIG_FILE}; run the merge with:\n{command}")
             return plan.output
         if plan.output_format in ("full", "both") and plan.route == "mergekit":
-            run_mergekit(build(plan.recipe(args, local=True)), tmp, args.seed, plan.shard_bytes)
+            run_mergekit(build(plan.recipe(args, local=True)), tmp, args.seed, plan.shard_bytes, args.device)
         else:
             if plan.output_format in ("full", "both"):
                 stream_merge(build(plan.recipe(args, local=True)), tmp, plan.base_path, plan.submodels, args.seed,
-                             plan.shard_bytes)
+                             plan.shard_bytes, args.device)
             save_tokenizer(plan, tmp)
         errors = None
         if plan.output_format in ("adapter", "both"):
