@@ -76,7 +76,7 @@ def files_of(folder: Path) -> list[Path]:
 
 # ---- the measured runs, each in a fresh subprocess ----
 
-def run_io_floor(base: Path, subs: list[Path], out: Path, method: str) -> None:
+def run_io_floor(base: Path, subs: list[Path], out: Path, method: str, device: str) -> None:
     """Read every input file once and write as many bytes as the merged model's weights, in 16 MB chunks."""
     out.mkdir(parents=True)
     inputs = files_of(base) + [f for sub in subs for f in files_of(sub)]
@@ -89,18 +89,18 @@ def run_io_floor(base: Path, subs: list[Path], out: Path, method: str) -> None:
                         sink.write(data)
 
 
-def run_dtm_hf(base: Path, subs: list[Path], out: Path, method: str, route: str = "stream") -> None:
+def run_dtm_hf(base: Path, subs: list[Path], out: Path, method: str, device: str, route: str = "stream") -> None:
     from dtm_hf.merge import MergeArguments, merge
 
     merge(MergeArguments(submodels=[str(s) for s in subs], base_model=str(base), method=method,
-                         output_dir=str(out), lora_route=route))
+                         output_dir=str(out), lora_route=route, device=device))
 
 
-def run_dtm_hf_mergekit(base: Path, subs: list[Path], out: Path, method: str) -> None:
-    run_dtm_hf(base, subs, out, method, route="mergekit")
+def run_dtm_hf_mergekit(base: Path, subs: list[Path], out: Path, method: str, device: str) -> None:
+    run_dtm_hf(base, subs, out, method, device, route="mergekit")
 
 
-def run_naive(base: Path, subs: list[Path], out: Path, method: str) -> None:
+def run_naive(base: Path, subs: list[Path], out: Path, method: str, device: str) -> None:
     """The paper code's route: every sub-model merged into its own copy of the base, all held, then averaged."""
     import torch
     from peft import PeftModel
@@ -129,18 +129,20 @@ def child(args) -> None:
     import dtm_hf.merge  # noqa: F401
 
     torch.set_num_threads(os.cpu_count())
+    if args.device != "cpu":
+        torch.zeros(1, device=args.device)  # the CUDA context, outside the measured run
     baseline = rss_mb()
     start = time.perf_counter()
-    RUNS[args.run](Path(args.base), [Path(s) for s in args.subs], Path(args.out), args.method)
+    RUNS[args.run](Path(args.base), [Path(s) for s in args.subs], Path(args.out), args.method, args.device)
     wall = time.perf_counter() - start
     print(json.dumps({"wall_s": wall, "peak_above_imports_mb": peak_mb() - baseline}))
 
 
-def measure(run: str, base: Path, subs: list[Path], workdir: Path, method: str) -> dict:
+def measure(run: str, base: Path, subs: list[Path], workdir: Path, method: str, device: str) -> dict:
     out = workdir / f"out_{run}"
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, __file__, "--child", run, "--base", str(base), "--out", str(out), "--method", method,
-               "--subs", *map(str, subs)]
+               "--device", device, "--subs", *map(str, subs)]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if result.returncode:
         raise SystemExit(f"{run} failed:\n{result.stderr[-3000:]}")
@@ -162,6 +164,7 @@ def main() -> None:
     parser.add_argument("--shard_mb", type=int, default=5000, help="Shard size of the base's safetensors.")
     parser.add_argument("--methods", nargs="+", default=["linear"])
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument("--device", default="cpu", help="--device of the dtm_hf runs: cpu or cuda.")
     parser.add_argument("--child", choices=list(RUNS), dest="run", help=argparse.SUPPRESS)
     parser.add_argument("--base", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -170,12 +173,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.run:
         return child(args)
+    import torch
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     base, subs = build_inputs(workdir, max(args.k), args.rank, args.layers, args.hidden, args.shard_mb)
     shards = [p for p in base.iterdir() if p.suffix == ".safetensors"]
-    print(f"Machine: {os.cpu_count()} CPU cores, torch {__import__('torch').__version__}; base {size_mb(shards):.0f} MB "
+    gpu = f", {torch.cuda.get_device_name()}" if args.device != "cpu" else ""
+    print(f"Machine: {os.cpu_count()} CPU cores{gpu}, torch {torch.__version__}; base {size_mb(shards):.0f} MB "
           f"float32 in {len(shards)} shard(s), LoRA r={args.rank} on {', '.join(TARGETS)}")
     rows = []
     for k in args.k:
@@ -186,7 +191,7 @@ def main() -> None:
             for run in args.runs:
                 if run == "naive" and method != "linear":
                     continue
-                results[run] = measure(run, base, subs[:k], workdir, method)
+                results[run] = measure(run, base, subs[:k], workdir, method, args.device)
             floor = results.get("io_floor", {}).get("wall_s")
             for run, r in results.items():
                 rows.append((k, method, run, r["wall_s"], r["wall_s"] / floor if floor else float("nan"),
