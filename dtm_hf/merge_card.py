@@ -15,6 +15,10 @@ PAPER_NOTE = ("**Not an average of the sub-models.** Averaging A and B separatel
               "which is not sum w_i B_i A_i, the average of the sub-models' weight deltas. It is offered to reproduce "
               "the published numbers; `--method linear` is the average of the sub-models.")
 
+TIES_NOTE = ("Entries of a task vector whose magnitude ties at the density threshold are kept in index order, as a "
+             "stable sort keeps them. `mergekit-yaml` keeps whichever its unstable sort ranks first (CPU and CUDA "
+             "differ), so its output on the configuration below can differ at those entries and nowhere else.")
+
 
 def write_card(out, *, submodels: list[SubModel], base_ref: str, method: str, weights: list[float],
                density: float | None, output_format: str, adapter_rank: int | None, yaml_text: str | None,
@@ -42,6 +46,8 @@ def write_card(out, *, submodels: list[SubModel], base_ref: str, method: str, we
     ]
     if method == "paper":
         lines += ["", PAPER_NOTE]
+    if method == "ties":
+        lines += ["", TIES_NOTE]
     if output_format in ("adapter", "both") and method != "paper":
         if adapter_rank is None:
             lines += ["", "The adapter is exact: the sub-models' ranks concatenated with the weights folded into B, so "

@@ -181,6 +181,7 @@ def test_task_vector_methods_equal_mergekit_on_the_emitted_yaml(setup, method, t
     assert all(("density" in m["parameters"]) == (method != "task_arithmetic") for m in config["models"])
     merged = model_tensors(out)
     assert_same(merged, run_mergekit_on(out / "mergekit_config.yml", tmp_path / "direct"), atol=0)
+    assert ("kept in index order" in (out / "README.md").read_text()) == (method == "ties")
     name = "model.layers.0.mlp.gate_proj.weight"
     assert not torch.allclose(merged[name], expected_linear(setup["base"], setup["subs"], [1, 1, 1])[name])
 
