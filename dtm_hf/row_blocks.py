@@ -10,7 +10,9 @@ that runs one sub-model at a time and keeps only the rule (`top_k.top_k_rule`), 
 from .top_k import sparsify_block, top_k_rule
 
 ROW_BLOCK_METHODS = {"linear", "task_arithmetic", "ties"}
-MIN_ROWS = 4  # CPU matmul over 1 or 2 rows takes another kernel, whose float rounding differs from the full product's
+# CPU matmul over fewer than about 12 rows takes other kernels, whose rounding differs from the full product's;
+# blocks of 16 rows or more, wherever they start, reproduce the full product's rows bit for bit.
+MIN_ROWS = 16
 
 
 def row_blocks(rows: int, row_elements: int, block_elements: int) -> list[tuple[int, int]]:

@@ -326,6 +326,38 @@ def test_streaming_route_equals_mergekit(variants, kind, method, dtype, tmp_path
     AutoModelForCausalLM.from_pretrained(out)
 
 
+def test_lora_rows_are_the_rows_of_the_whole_tensor_bit_for_bit(setup):
+    """The row-block merge relies on it: a block of W + scale * B @ A equals those rows of the whole product."""
+    import math
+
+    from dtm_hf.lora_stream import LoraTensorLoader, SharedBaseLoader
+    from dtm_hf.row_blocks import row_blocks
+    from dtm_hf.submodels import read
+
+    base = SharedBaseLoader(setup["base"])
+    loader = LoraTensorLoader(base, read(str(setup["subs"][0]), setup["subs"][0]))
+    split = 0
+    for key in loader.loras:
+        whole = loader.get_tensor(key).clone()
+        for block_elements in (1, 24 * math.prod(whole.shape[1:]), 10**9):
+            blocks = row_blocks(whole.shape[0], math.prod(whole.shape[1:]), block_elements)
+            split += len(blocks) > 1
+            rows = torch.cat([loader.get_rows(key, start, stop) for start, stop in blocks])
+            assert torch.equal(rows, whole), (key, blocks)
+    assert split >= 2 * len(loader.loras)
+
+
+@pytest.mark.parametrize("method", ["linear", "ties", "task_arithmetic"])
+def test_merge_in_small_row_blocks_equals_mergekit(setup, method, tmp_path, monkeypatch):
+    from dtm_hf import lora_stream
+
+    monkeypatch.setitem(lora_stream.BLOCK_ELEMENTS, "cpu", 1)  # blocks of MIN_ROWS rows: several per tensor
+    out = tmp_path / method
+    assert merge("--submodels", *setup["subs"], "--method", method, "--density", 0.3, "--weights", "1,2,1",
+                 "--output_dir", out) == 0
+    assert_same(model_tensors(out), run_mergekit_on(out / "mergekit_config.yml", tmp_path / "direct"), atol=0)
+
+
 def test_lora_route_mergekit_equals_stream(setup, linear_out, tmp_path):
     out = tmp_path / "mergekit_route"
     assert merge("--submodels", setup["train"], "--weights", "1,2,3", "--lora_route", "mergekit",
