@@ -36,6 +36,10 @@ class SharedBaseLoader:
         self._last = self._last_rows = (None, None)
         self._headers = {}
 
+    def resolve(self, name, aliases=None, tied_names=None) -> str | None:
+        """The first of a weight's names the base stores (mergekit resolves aliases and tied names the same way)."""
+        return next((n for n in [name, *(aliases or []), *(tied_names or [])] if n in self.index.tensor_paths), None)
+
     def header(self, key) -> tuple[str, list[int]]:
         """The stored dtype code and shape of the tensor `key`, from its shard's header."""
         from safetensors import safe_open
@@ -173,10 +177,9 @@ class StreamingShardWriter:
 
 
 def _source_name(save, loader: SharedBaseLoader) -> str:
-    """The base tensor an output tensor comes from (mergekit resolves aliases and tied names the same way)."""
+    """The base tensor an output tensor comes from."""
     info = save.tensor_task.output_weight
-    names = [info.name, *(info.aliases or []), *(info.tied_names or [])]
-    return next(n for n in names if n in loader.index.tensor_paths)
+    return loader.resolve(info.name, info.aliases, info.tied_names)
 
 
 def _layout(saves, loader: SharedBaseLoader, dtype: str | None) -> list[tuple[str, str, list[int], int]]:
@@ -232,10 +235,9 @@ def stream_merge(config, out: Path, base_path: Path, submodels: list[SubModel], 
             changed = set().union(*(set(loader.loras) | set(loader.saved) for loader in cache.loaders.values()
                                     if isinstance(loader, LoraTensorLoader)))
             copied = [save for save in saves if _source_name(save, base) not in changed]
-        blockwise = {save: RowBlockMerge.plan(save, cache.loaders, base, device) for save in saves
-                     if save not in copied}
-        whole = {save.tensor_task: save for save, block in blockwise.items() if block is None}
-        blockwise = {save: block for save, block in blockwise.items() if block is not None}
+        plans = {save: RowBlockMerge.plan(save, cache.loaders, base, device) for save in saves if save not in copied}
+        whole = {save.tensor_task: save for save, block in plans.items() if block is None}
+        blockwise = {save: block for save, block in plans.items() if block is not None}
         executor = Executor(list(whole), math_device=device, storage_device="cpu") if whole else None
         ordered = []
         if executor:

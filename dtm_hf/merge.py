@@ -172,11 +172,11 @@ def _check_flags(args: MergeArguments) -> tuple[str, int]:
 
 
 def _check_device(device: str) -> None:
-    import torch
-
     if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", device):
         raise DtmError(f"unknown --device {device!r}; choose cpu, cuda or cuda:N")
     if device != "cpu":
+        import torch
+
         index = int(device.partition(":")[2] or 0)
         if not torch.cuda.is_available() or index >= torch.cuda.device_count():
             raise DtmError(f"--device {device}: no such CUDA GPU is visible here; use --device cpu")

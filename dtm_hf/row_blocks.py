@@ -43,8 +43,7 @@ class RowBlockMerge:
             return None
         inputs = {}
         for load in task.gather_tensors.arguments().values():
-            names = [load.tensor, *(load.aliases or []), *(load.tied_names or [])]
-            source = next((name for name in names if name in base.index.tensor_paths), None)
+            source = base.resolve(load.tensor, load.aliases, load.tied_names)
             if source is None:
                 return None
             inputs[load.model] = (load, loaders[load.model], source)
