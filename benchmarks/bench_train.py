@@ -37,7 +37,10 @@ def count_tokens(trainer) -> tuple[int, int]:
 
 def run_variant(name: str, overrides: dict, base: Path, data, output_dir: Path) -> dict:
     from dtm_hf.cli import parse
-    from dtm_hf.train import Run, build_trainer, load_tokenizer, make_parser
+    from dtm_hf.train import make_parser
+    from dtm_hf.training.chat_template import load_tokenizer
+    from dtm_hf.training.plan import Run
+    from dtm_hf.training.trainer import build_trainer
 
     argv = ["--config", str(RECIPE), "--model_name_or_path", str(base), "--dataset", "unused",
             "--output_dir", str(output_dir / name), "--save_strategy", "no", "--logging_steps", "1000"]
@@ -67,8 +70,8 @@ def main() -> None:
     from datasets import Dataset
     from transformers.utils import logging as hf_logging
 
-    from dtm_hf.demo_data import demo_rows
-    from dtm_hf.tiny_model import save_tiny_llama
+    from dtm_hf.demo.data import demo_rows
+    from dtm_hf.demo.tiny_model import save_tiny_llama
 
     torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()

@@ -5,7 +5,7 @@
 
 Offline: the base is a random-init Llama of about 1B parameters (hidden 2048, intermediate 5632, 16 layers,
 16 heads, vocab 32000) built once in `--workdir` with a BPE tokenizer trained on the demo rows (chat template
-included); the data are dtm_hf.demo_data rows, enough for `--max_steps` packed batches. Each variant runs
+included); the data are dtm_hf.demo.data rows, enough for `--max_steps` packed batches. Each variant runs
 `dtm_hf.train.build_trainer` on the tiny recipe with GPU overrides: packing into `--max_length` 2048
 (padding-free), LoRA r 16 on all seven linear projections, no gradient checkpointing unless asked:
   bf16    bf16 base, bf16 training
@@ -43,8 +43,8 @@ def build_base(workdir: Path, args) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from dtm_hf.demo_data import demo_texts
-    from dtm_hf.tiny_model import build_tokenizer
+    from dtm_hf.demo.data import demo_texts
+    from dtm_hf.demo.tiny_model import build_tokenizer
 
     folder = workdir / f"base-h{args.hidden}-i{args.intermediate}-l{args.layers}-v{args.vocab}"
     if (folder / "config.json").is_file():
@@ -78,7 +78,7 @@ def make_data(tokenizer, args):
     """Demo rows enough for `max_steps` full packed batches (10% spare)."""
     from datasets import Dataset
 
-    from dtm_hf.demo_data import demo_rows
+    from dtm_hf.demo.data import demo_rows
 
     sample = [r["messages"] for r in demo_rows(50)]
     texts = [tokenizer.apply_chat_template(m, tokenize=False) for m in sample]
@@ -116,7 +116,10 @@ def run_variant(name: str, base: Path, output_dir: Path, args) -> dict:
     import torch
 
     from dtm_hf.cli import parse
-    from dtm_hf.train import Run, build_trainer, load_tokenizer, make_parser
+    from dtm_hf.train import make_parser
+    from dtm_hf.training.chat_template import load_tokenizer
+    from dtm_hf.training.plan import Run
+    from dtm_hf.training.trainer import build_trainer
 
     argv = ["--config", str(RECIPE), "--model_name_or_path", str(base), "--dataset", "unused",
             "--output_dir", str(output_dir / name), "--save_strategy", "no", "--logging_steps", str(args.max_steps),

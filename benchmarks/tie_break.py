@@ -4,7 +4,7 @@
 
 A task vector of a LoRA sub-model is fl(W + scale * B @ A) - W in float32: equal magnitudes recur, and often at the
 k-th largest. mergekit's `sparsify.magnitude` keeps the first k of an unstable `torch.argsort`, so which tied
-entries it keeps is up to the sort's implementation; dtm-hf keeps them in index order (`dtm_hf.top_k`). For random
+entries it keeps is up to the sort's implementation; dtm-hf keeps them in index order (`dtm_hf.merging.stream.top_k`). For random
 task vectors of that form this prints, per trial: the entries tied at the threshold, how many of mergekit's kept
 entries differ between two runs of its sort (CPU and, when there is one, CUDA) and from a stable sort, and how many
 of dtm-hf's differ between CPU and CUDA (0 when the rule is device-independent).
@@ -34,7 +34,7 @@ def kept(mask_fn, tensor, density, device) -> torch.Tensor:
 def main() -> None:
     from mergekit.sparsify import magnitude as mergekit_magnitude
 
-    from dtm_hf.top_k import magnitude as dtm_magnitude
+    from dtm_hf.merging.stream.top_k import magnitude as dtm_magnitude
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs=2, default=[4096, 4096])

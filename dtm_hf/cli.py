@@ -9,11 +9,13 @@ Every subcommand takes `--config FILE.yaml` whose keys are its flags: YAML gives
 them, and an unknown key is an error. Each subcommand is also `python -m dtm_hf.<module>`.
 """
 
+import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
-from .errors import DtmError
+from .errors import DtmError, first_line
 
 # Subcommand -> module; each module has `make_parser(prog)` and `main(*dataclasses)`. Imported on demand so
 # that `dtm-hf --help` and each subcommand's `--help` stay instant.
@@ -31,36 +33,81 @@ def _error(prog: str, message: str) -> int:
     return 2
 
 
-def parse(parser, argv: Sequence[str] | None) -> tuple:
-    """Parse `--config` YAML plus flags into the parser's dataclasses; unknown keys or flags raise DtmError."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not hasattr(parser, "parse_args_and_config"):  # a command whose own `--config` is not a defaults file
-        *parsed, from_flags = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
-        if from_flags:
-            raise DtmError(f"unrecognized argument(s): {' '.join(from_flags)}; see `{parser.prog} --help`")
-        return tuple(parsed)
-    config_path = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
+def read_yaml(path: str, what: str) -> dict:
+    """A YAML mapping from `path`; a missing file or broken YAML is one line naming the file (and the line)."""
+    import yaml
+
     try:
-        *parsed, from_config, from_flags = parser.parse_args_and_config(
-            argv, return_remaining_strings=True, separate_remaining_strings=True
-        )
-    except FileNotFoundError as err:
-        raise DtmError(f"cannot read the config file {config_path}: {err.strerror}") from err
+        with open(path) as f:
+            values = yaml.safe_load(f)
+    except OSError as err:
+        raise DtmError(f"cannot read the {what} {path}: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or first_line(err)
+        raise DtmError(f"the {what} {path} is not valid YAML{where}: {problem}") from err
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise DtmError(f"the {what} {path} must be a YAML mapping of keys to values")
+    return values
+
+
+def parse_values(parser, values: dict, argv: Sequence[str], origin: str | None = None) -> tuple:
+    """`values` (a config file's or a recipe section's keys, from `origin`) as the parser's defaults, then the flags
+    in `argv` over them, into the parser's dataclasses, which check themselves. Unknown keys or flags raise
+    DtmError."""
+    unknown = parser.set_defaults_with_config(**values)
+    if unknown:
+        keys = ", ".join(repr(k[2:]) for k in unknown[::2])
+        raise DtmError(f"unknown key(s) {keys}{f' in {origin}' if origin else ''}; the keys are the flags of "
+                       f"`{parser.prog} --help`")
+    return _flags(parser, list(argv))
+
+
+def _flags(parser, argv: list[str]) -> tuple:
+    try:
+        *parsed, rest = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
     except (ValueError, TypeError) as err:
-        raise DtmError(f"invalid configuration: {err}") from err
-    if from_config:
-        keys = [s[2:] for s in from_config[::2]]
-        raise DtmError(
-            f"unknown key(s) {', '.join(map(repr, keys))} in {config_path}; the keys of a config are the flags of "
-            f"`{parser.prog} --help`"
-        )
-    if from_flags:
-        raise DtmError(f"unrecognized argument(s): {' '.join(from_flags)}; see `{parser.prog} --help`")
-    return tuple(parsed)
+        raise DtmError(f"invalid configuration: {first_line(err)}") from err
+    if rest:
+        raise DtmError(f"unrecognized argument(s): {' '.join(rest)}; see `{parser.prog} --help`")
+    # `--config`, listed for --help, is read before parsing: its namespace of leftovers is not a dataclass
+    return tuple(p for p in parsed if not isinstance(p, argparse.Namespace))
+
+
+def parse(parser, argv: Sequence[str] | None) -> tuple:
+    """Parse `--config` YAML plus flags into the parser's dataclasses."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not hasattr(parser, "set_defaults_with_config"):  # `dtm-hf run`: its --config is the pipeline recipe
+        return _flags(parser, argv)
+    if "--config" not in argv:
+        return parse_values(parser, {}, argv)
+    at = argv.index("--config")
+    if at + 1 >= len(argv):
+        raise DtmError("--config needs a YAML file")
+    path = argv[at + 1]
+    values = read_yaml(path, "config file")
+    env = values.pop("env", {})  # TRL's convention: environment variables for the run
+    if not isinstance(env, dict):
+        raise DtmError(f"`env` in {path} must be a mapping of variable names to values")
+    os.environ.update({str(k): str(v) for k, v in env.items()})
+    return parse_values(parser, values, argv[:at] + argv[at + 2:], origin=path)
+
+
+def add_config_flag(parser):
+    """List `--config` in a step's --help (`parse` reads the file before the flags)."""
+    parser.add_argument("--config", metavar="FILE.yaml", default=None,
+                        help="YAML whose keys are these flags: its values are the defaults, flags override them.")
+    return parser
 
 
 def run_command(make_parser: Callable, main: Callable, argv: Sequence[str] | None = None, prog: str | None = None):
     """Parse, run `main` and turn a DtmError into one error line and exit code 2."""
+    from .log import setup
+
+    setup()
     parser = make_parser(prog=prog)
     try:
         return main(*parse(parser, argv))

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from cli_helpers import dtm, one_error_line
 
-from dtm_hf.demo_data import demo_rows
+from dtm_hf.demo.data import demo_rows
 
 distribute = partial(dtm, "distribute")
 
@@ -89,7 +89,7 @@ def test_kmeans_separates_distinct_skills(demo_jsonl, minilm, tmp_path):
 
 @pytest.mark.slow
 def test_kmeans_static_backend_distils_once_and_separates(demo_jsonl, minilm, tmp_path):
-    from dtm_hf.embeddings import static_cache_dir
+    from dtm_hf.data.embeddings import static_cache_dir
 
     for name in ("s1", "s2"):
         assert distribute("--dataset", demo_jsonl, "--n_clusters", 4, "--method", "kmeans", "--embedding_model",

@@ -4,9 +4,9 @@ import pytest
 import torch
 from cli_helpers import dtm, one_error_line
 
-from dtm_hf.demo_data import demo_texts, write_demo_jsonl
-from dtm_hf.held_out import is_held_out
-from dtm_hf.tiny_model import save_tiny_llama
+from dtm_hf.data.held_out import is_held_out
+from dtm_hf.demo.data import demo_texts, write_demo_jsonl
+from dtm_hf.demo.tiny_model import save_tiny_llama
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 import pytest
 
+from dtm_hf.data.formats import detect_format, reduce_row
 from dtm_hf.errors import DtmError
-from dtm_hf.formats import detect_format, reduce_row
 
 SYSTEM = {"role": "system", "content": "Be brief."}
 USER = {"role": "user", "content": "Hi?"}

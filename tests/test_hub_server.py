@@ -93,7 +93,7 @@ def test_model_and_lora_adapter_round_trip(hub_server, tiny_llama):
     from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dtm_hf.tiny_model import build_tokenizer
+    from dtm_hf.demo.tiny_model import build_tokenizer
 
     repo_id = new_repo_id("llama")
     tiny_llama.push_to_hub(repo_id)

@@ -12,8 +12,8 @@ import yaml
 from cli_helpers import dtm, one_error_line
 from safetensors.torch import load_file
 
-from dtm_hf.demo_data import demo_texts
-from dtm_hf.tiny_model import save_tiny_llama
+from dtm_hf.demo.data import demo_texts
+from dtm_hf.demo.tiny_model import save_tiny_llama
 
 TARGETS = ["gate_proj", "up_proj", "down_proj"]
 RANK, ALPHA = 4, 8
@@ -202,8 +202,8 @@ def test_adapter_output_exact_equals_full_merge(setup, tmp_path):
 
 
 def test_svd_adapter_error_shrinks_with_rank_and_is_reported(setup, tmp_path):
-    from dtm_hf import lora_adapter_merge as lam
-    from dtm_hf.submodels import read
+    from dtm_hf.merging import adapter as lam
+    from dtm_hf.merging.submodels import read
 
     out = tmp_path / "svd"
     assert merge("--submodels", *setup["subs"], "--output_format", "adapter", "--adapter_rank", 4,
@@ -330,9 +330,9 @@ def test_lora_rows_are_the_rows_of_the_whole_tensor_bit_for_bit(setup):
     """The row-block merge relies on it: a block of W + scale * B @ A equals those rows of the whole product."""
     import math
 
-    from dtm_hf.lora_stream import LoraTensorLoader, SharedBaseLoader
-    from dtm_hf.row_blocks import row_blocks
-    from dtm_hf.submodels import read
+    from dtm_hf.merging.stream.loaders import LoraTensorLoader, SharedBaseLoader
+    from dtm_hf.merging.stream.row_blocks import row_blocks
+    from dtm_hf.merging.submodels import read
 
     base = SharedBaseLoader(setup["base"])
     loader = LoraTensorLoader(base, read(str(setup["subs"][0]), setup["subs"][0]))
@@ -349,9 +349,9 @@ def test_lora_rows_are_the_rows_of_the_whole_tensor_bit_for_bit(setup):
 
 @pytest.mark.parametrize("method", ["linear", "ties", "task_arithmetic"])
 def test_merge_in_small_row_blocks_equals_mergekit(setup, method, tmp_path, monkeypatch):
-    from dtm_hf import lora_stream
+    from dtm_hf.merging.stream import merge as stream
 
-    monkeypatch.setitem(lora_stream.BLOCK_ELEMENTS, "cpu", 1)  # blocks of MIN_ROWS rows: several per tensor
+    monkeypatch.setitem(stream.BLOCK_ELEMENTS, "cpu", 1)  # blocks of MIN_ROWS rows: several per tensor
     out = tmp_path / method
     assert merge("--submodels", *setup["subs"], "--method", method, "--density", 0.3, "--weights", "1,2,1",
                  "--output_dir", out) == 0
@@ -390,7 +390,7 @@ BAD_INPUTS = [
     (None, ["--weights", "0,0,0"], "all zero"),
     (None, ["--method", "ties", "--density", "0"], "--density must be in (0, 1]"),
     (None, ["--method", "ties", "--density", "1.5"], "--density must be in (0, 1]"),
-    (None, ["--method", "slerp"], "choose one of linear, task_arithmetic, ties, dare_ties, paper"),
+    (None, ["--method", "slerp"], "invalid choice: 'slerp'"),
     (None, ["--method", "ties", "--output_format", "adapter"], "exact only for --method linear"),
     (None, ["--base_model", "OTHER"], "does not fit the base model"),
     (_other_base, [], "record different bases"),
@@ -399,7 +399,7 @@ BAD_INPUTS = [
     (_no_weights_file, [], "has no adapter_model.safetensors"),
     (lambda setup, tmp: [tmp / "missing"], [], "does not exist"),
     (None, ["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
-    (None, ["--lora_route", "fast"], "choose one of auto, stream, mergekit"),
+    (None, ["--lora_route", "fast"], "invalid choice: 'fast'"),
     (None, ["--max_shard_size", "big"], "--max_shard_size must be a size like 5GB"),
     (None, ["--device", "tpu"], "unknown --device 'tpu'; choose cpu, cuda or cuda:N"),
     (None, ["--device", f"cuda:{torch.cuda.device_count()}"], "no such CUDA GPU is visible here"),

@@ -56,11 +56,14 @@ def test_accelerate_config_parses(config):
 
 @pytest.mark.parametrize("recipe", PIPELINE_RECIPES, ids=lambda p: p.relative_to(RECIPES).as_posix())
 def test_pipeline_recipe_validates(recipe, tmp_path):
-    from dtm_hf.pipeline_stages import validate
-    from dtm_hf.run import STAGES, Pipeline, load_recipe
+    from dtm_hf.pipeline.layout import RunLayout
+    from dtm_hf.pipeline.recipe import load_recipe, parse_recipe
+    from dtm_hf.pipeline.stages import STAGES
 
-    pipeline = Pipeline(load_recipe(str(recipe), tmp_path / "run"), tmp_path / "run", overwrite=False)
-    assert set(validate(pipeline, list(STAGES))) == set(STAGES)
+    layout = RunLayout(tmp_path / "run")
+    parsed = parse_recipe(load_recipe(str(recipe), layout), layout, list(STAGES))
+    assert parsed.distribute and parsed.train and parsed.merges and parsed.evaluate
+    assert parsed.train[0].held_out == parsed.evaluate.held_out and parsed.evaluate.seed == parsed.train[1].seed
     assert not (tmp_path / "run").exists()
 
 

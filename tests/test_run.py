@@ -9,8 +9,8 @@ import dtm_hf.distribute
 import dtm_hf.evaluate
 import dtm_hf.merge
 import dtm_hf.train
-from dtm_hf.demo_data import demo_texts, write_demo_jsonl
-from dtm_hf.tiny_model import save_tiny_llama
+from dtm_hf.demo.data import demo_texts, write_demo_jsonl
+from dtm_hf.demo.tiny_model import save_tiny_llama
 
 run = partial(dtm, "run")
 STEPS = {"distribute": dtm_hf.distribute, "train": dtm_hf.train, "merge": dtm_hf.merge, "evaluate": dtm_hf.evaluate}

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from dtm_hf.errors import DtmError
-from dtm_hf.row_blocks import MIN_ROWS, row_blocks
-from dtm_hf.top_k import keep_mask, magnitude, stable_magnitude, top_k_rule
+from dtm_hf.merging.stream.row_blocks import MIN_ROWS, row_blocks
+from dtm_hf.merging.stream.top_k import keep_mask, magnitude, stable_magnitude, top_k_rule
 
 
 def stable_top_k(w, k):

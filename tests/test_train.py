@@ -9,9 +9,9 @@ import pytest
 import yaml
 from cli_helpers import dtm, one_error_line
 
-from dtm_hf.demo_data import demo_texts, write_demo_jsonl
-from dtm_hf.held_out import is_held_out
-from dtm_hf.tiny_model import save_tiny_llama
+from dtm_hf.data.held_out import is_held_out
+from dtm_hf.demo.data import demo_texts, write_demo_jsonl
+from dtm_hf.demo.tiny_model import save_tiny_llama
 
 train = partial(dtm, "train")
 REPO = Path(__file__).resolve().parent.parent
@@ -98,11 +98,11 @@ def test_rerun_skips_complete_submodels(trained, setup, capsys):
 def test_row_counts_union_all_ratio_held_out(setup):
     from datasets import load_dataset
 
-    from dtm_hf.train import plan
+    from dtm_hf.training.plan import plan
 
     def rows(*argv):
         dtm, training, model = parse_args(setup, *argv)
-        return {run.name: (len(run.data), run.held_out_rows, run.cluster_rows) for run in plan(dtm, training, model)}
+        return {run.name: (len(run.data), run.held_out_rows, run.cluster_rows) for run in plan(dtm, training)}
 
     assert rows("--cluster", "cluster_0+cluster_1") == {"cluster_0+cluster_1": (20, 0, 20)}
     assert rows("--cluster", "all") == {"all": (40, 0, 40)}
@@ -113,18 +113,20 @@ def test_row_counts_union_all_ratio_held_out(setup):
     assert 0 < expected_held < 40
     assert rows("--cluster", "all", "--held_out", "0.3") == {"all": (40 - expected_held, expected_held, 40)}
     dtm, training, model = parse_args(setup, "--cluster", "all", "--held_out", "0.3")
-    (run,) = plan(dtm, training, model)
+    (run,) = plan(dtm, training)
     held_messages = [m for m, r in zip(everything["messages"], everything["row"], strict=True) if is_held_out(r, 0.3, 42)]
     assert not any(m in held_messages for m in run.data["messages"])
 
 
 @pytest.mark.parametrize("packing", [True, False])
 def test_labels_cover_exactly_assistant_tokens_and_eos(setup, packing):
-    from dtm_hf.train import build_trainer, load_tokenizer, plan
+    from dtm_hf.training.chat_template import load_tokenizer
+    from dtm_hf.training.plan import plan
+    from dtm_hf.training.trainer import build_trainer
 
     dtm, training, model = parse_args(setup, "--cluster", "cluster_0", "--packing", str(packing).lower())
     tokenizer, _ = load_tokenizer(dtm, model, training, str(setup["base"]))
-    (run,) = plan(dtm, training, model)
+    (run,) = plan(dtm, training)
     trainer = build_trainer(run, tokenizer, str(setup["base"]), training, model)
     expected, conversations = 0, 0
     for messages in run.data["messages"]:
@@ -145,12 +147,14 @@ def test_packed_examples_do_not_attend_to_each_other(setup):
     """A packed batch (one row, per-example position ids) gives each example the logits it has on its own."""
     import torch
 
-    from dtm_hf.train import build_trainer, load_tokenizer, plan
+    from dtm_hf.training.chat_template import load_tokenizer
+    from dtm_hf.training.plan import plan
+    from dtm_hf.training.trainer import build_trainer
 
     dtm, training, model = parse_args(setup, "--cluster", "cluster_0")
     assert training.packing
     tokenizer, _ = load_tokenizer(dtm, model, training, str(setup["base"]))
-    (run,) = plan(dtm, training, model)
+    (run,) = plan(dtm, training)
     trainer = build_trainer(run, tokenizer, str(setup["base"]), training, model)
     batch = next(iter(trainer.get_train_dataloader()))
     ids, positions = batch["input_ids"], batch["position_ids"]
@@ -199,7 +203,7 @@ def test_overwrite_retrains(setup, tmp_path, capsys):
 
 
 def test_full_fine_tuning_and_literal_chat_template(setup, tmp_path):
-    template = (REPO / "dtm_hf" / "templates" / "chat_template.jinja").read_text()
+    template = (REPO / "dtm_hf" / "training" / "templates" / "chat_template.jinja").read_text()
     assert train("--config", setup["recipe"], "--cluster", "cluster_1", "--output_dir", tmp_path, "--max_steps", 1,
                  "--use_peft", "false", "--chat_template", template) == 0
     folder = tmp_path / "cluster_1"
@@ -266,7 +270,7 @@ def test_bad_inputs_one_error_line_nothing_written(setup, tmp_path, capsys, monk
         (["--cluster", "cluster_9"], "unknown cluster 'cluster_9'"),
         (["--cluster", "cluster_0+nope"], "unknown cluster 'nope'"),
         (["--cluster", "cluster_0", "--dataset", not_ours], "is not a `dtm-hf distribute` output"),
-        (["--cluster", "cluster_0", "--dataset", tmp_path / "missing"], "is not a folder nor a Hub dataset id"),
+        (["--cluster", "cluster_0", "--dataset", tmp_path / "missing"], "does not exist"),
         (["--cluster", "cluster_0", "--data_ratio", "0"], "--data_ratio must be in (0, 1]"),
         (["--cluster", "all_clusters", "--push_to_hub", "true", "--hub_model_id", "me/one-repo"], "put {cluster} in it"),
     ]

@@ -14,7 +14,7 @@ order statistic instead of a sort: numpy's introselect on a CPU (ten times faste
 
 import contextlib
 
-from .errors import DtmError
+from ...errors import DtmError
 
 
 def top_k_rule(w, k: int) -> tuple[float, int]:

@@ -4,17 +4,17 @@
 """
 
 import json
-import os
 from pathlib import Path
 
-MARKER = "dtm_train.json"
+from ..hub import PAPER, card_text, is_hub_id
+from ..names import MARKER
+
 TAGS = ["dtm-hf", "trl", "sft", "disperse-then-merge"]
-PAPER = "[Disperse-Then-Merge](https://aclanthology.org/2024.findings-acl.175/) (Fu et al., Findings of ACL 2024)"
 TRAINING_FIELDS = [
     "learning_rate", "lr_scheduler_type", "warmup_steps", "num_train_epochs", "max_steps",
     "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "packing", "packing_strategy",
     "assistant_only_loss", "optim", "adam_beta1", "adam_beta2", "adam_epsilon", "weight_decay", "max_grad_norm",
-    "bf16", "fp16", "gradient_checkpointing", "seed",
+    "bf16", "fp16", "activation_checkpointing", "seed",
 ]
 MODEL_FIELDS = ["dtype", "use_peft", "load_in_4bit", "load_in_8bit"]
 LORA_FIELDS = ["lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "use_rslora", "use_dora"]
@@ -39,10 +39,6 @@ def adapter_kind(model_args) -> str:
     if not model_args.use_peft:
         return "full"
     return "qlora" if model_args.load_in_4bit else "lora"
-
-
-def is_hub_id(ref: str) -> bool:
-    return not Path(ref).expanduser().exists() and not os.path.isabs(ref)
 
 
 def write_card(folder: Path, marker: dict) -> None:
@@ -94,7 +90,7 @@ def write_card(folder: Path, marker: dict) -> None:
                   "from transformers import AutoModelForCausalLM", "",
                   f'base = AutoModelForCausalLM.from_pretrained("{base}")',
                   'model = PeftModel.from_pretrained(base, "THIS_REPO_OR_FOLDER")', "```"]
-    ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n").save(folder / "README.md")
+    ModelCard(card_text(data, "\n".join(lines))).save(folder / "README.md")
 
 
 def write_marker(folder: Path, marker: dict) -> None:

@@ -4,15 +4,19 @@ Each method takes the reduced dataset and the distribute arguments and returns o
 facts worth recording in stats.json.
 """
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from .errors import DtmError
+from ..errors import DtmError
+from ..names import cluster_name
 
 CHUNK_ROWS = 32768  # rows of text held in memory at a time while embedding
+
+logger = logging.getLogger(__name__)
 
 
 def random_split(data, args) -> tuple[np.ndarray, dict]:
@@ -55,7 +59,7 @@ def kmeans_split(data, args) -> tuple[np.ndarray, dict]:
     encoder = Encoder(args.embedding_model, args.embedding_backend, args.embedding_batch_size)
     vectors = encoder.encode_chunks(_texts(data, args.embed_field), total=len(data))
     embedded = time.perf_counter()
-    print(f"Clustering {len(data)} rows into {args.n_clusters} clusters with k-means")
+    logger.info(f"Clustering {len(data)} rows into {args.n_clusters} clusters with k-means")
     kmeans = KMeans(n_clusters=args.n_clusters, random_state=args.seed, n_init=3).fit(vectors)
     info = {
         "embedding_dim": int(vectors.shape[1]),
@@ -85,7 +89,7 @@ def source_split(data, args) -> tuple[np.ndarray, dict]:
         loads[part] += counts[name]
     cluster_of = {name: i for i, group in enumerate(groups) for name in group}
     labels = np.array([cluster_of[s] for s in sources], dtype=np.int64)
-    return labels, {"cluster_sources": {f"cluster_{i}": [str(n) for n in group] for i, group in enumerate(groups)}}
+    return labels, {"cluster_sources": {cluster_name(i): [str(n) for n in group] for i, group in enumerate(groups)}}
 
 
 METHODS: dict[str, Callable] = {"random": random_split, "kmeans": kmeans_split, "source": source_split}

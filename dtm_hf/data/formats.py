@@ -6,7 +6,7 @@ reason (one of SKIP_REASONS) instead of failing the run.
 
 from collections.abc import Callable
 
-from .errors import DtmError
+from ..errors import DtmError
 
 # Format -> the columns that identify it, checked in this order by `detect_format`.
 FORMAT_COLUMNS = {

@@ -8,7 +8,7 @@ evaluation.
 
 from pathlib import Path
 
-from .demo_data import demo_texts, write_demo_jsonl
+from .data import demo_texts, write_demo_jsonl
 from .tiny_model import save_tiny_llama
 
 N_PER_SKILL = 150
@@ -58,7 +58,7 @@ def prepare_demo(run_dir: Path) -> dict:
             "assistant_only_loss": True,
             "use_cpu": True,
             "bf16": False,
-            "gradient_checkpointing": False,
+            "activation_checkpointing": False,
             "logging_steps": 10,
             "save_strategy": "no",
             "report_to": "none",

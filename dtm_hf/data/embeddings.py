@@ -6,19 +6,22 @@ what makes k-means over a 300k-row mixture practical without a GPU.
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from .errors import DtmError
+from ..errors import DtmError, first_line
 
 BACKENDS = ("transformer", "static")
 # The static model reads the same 256-token window that all-MiniLM-L6-v2 (max_seq_length 256) reads; cutting
 # the string first spares the tokenizer the rest of long replies (a token is rarely longer than 8 characters).
 STATIC_MAX_TOKENS = 256
 STATIC_MAX_CHARS = 8 * STATIC_MAX_TOKENS
+
+logger = logging.getLogger(__name__)
 
 
 def _is_model2vec(model: str) -> bool:
@@ -42,12 +45,12 @@ class Encoder:
     def __init__(self, model: str, backend: str, batch_size: int):
         if backend not in BACKENDS:
             raise DtmError(f"unknown --embedding_backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        self.model_name, self.backend, self.batch_size = model, backend, batch_size
+        self.backend, self.batch_size = backend, batch_size
         try:
             self.model = self._load_static(model) if backend == "static" else self._load_transformer(model)
         except (OSError, ValueError) as err:
             raise DtmError(
-                f"cannot load the embedding model {model!r} ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                f"cannot load the embedding model {model!r} ({type(err).__name__}: {first_line(err)}); "
                 "pass a local folder or a Hub id that can be downloaded with --embedding_model"
             ) from err
 
@@ -68,18 +71,12 @@ class Encoder:
         if not (cache / "config.json").is_file():
             from model2vec.distill import distill
 
-            print(f"Distilling a static embedding model from {model} (once; cached in {cache})")
+            logger.info(f"Distilling a static embedding model from {model} (once; cached in {cache})")
             distilled = distill(model_name=model, pca_dims=256)
             tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}")
             distilled.save_pretrained(tmp)
             tmp.rename(cache)
         return StaticModel.from_pretrained(cache)
-
-    @property
-    def dimension(self) -> int:
-        if self.backend == "static":
-            return self.model.dim
-        return self.model.get_sentence_embedding_dimension()
 
     def encode(self, texts: list[str]) -> np.ndarray:
         if self.backend == "static":
@@ -95,11 +92,13 @@ class Encoder:
         """Encode an iterator of text chunks into one (total, dim) array, with a progress bar over rows."""
         from tqdm.auto import tqdm
 
-        out = np.empty((total, self.dimension), dtype=np.float32)
-        done = 0
+        out, done = None, 0
         with tqdm(total=total, desc=f"Embedding ({self.backend})", unit="rows") as bar:
             for chunk in chunks:
-                out[done : done + len(chunk)] = self.encode(chunk)
+                vectors = self.encode(chunk)
+                if out is None:  # the width is the first chunk's: no model-specific dimension query
+                    out = np.empty((total, vectors.shape[1]), dtype=np.float32)
+                out[done : done + len(chunk)] = vectors
                 done += len(chunk)
                 bar.update(len(chunk))
         return out

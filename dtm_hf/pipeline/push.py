@@ -4,7 +4,8 @@ that link each other (the merge lists its sub-models and their dataset configs; 
 import json
 from pathlib import Path
 
-from .hub import push_folder_with_card
+from ..hub import push_folder
+from ..names import ALL
 
 HUB_URL = "https://huggingface.co"
 
@@ -20,40 +21,41 @@ def _model_card(folder: Path, *, datasets: list[str], base_model=None, links: st
     return str(card)
 
 
-def push_run(p, hub: dict) -> dict:
+def push_run(p) -> dict:
     from huggingface_hub import DatasetCard
 
-    from .pipeline_stages import merge_name, merges_of, submodel_names, trained_models
+    from ..merging.submodels import expand
 
-    namespace, prefix, private = hub["namespace"], hub.get("prefix") or p.run_dir.name, hub.get("private", False)
+    hub, layout = p.recipe.hub, p.layout
+    namespace, prefix = hub.namespace, hub.prefix or layout.run_dir.name
     dataset_id = f"{namespace}/{prefix}-data"
-    trained = trained_models(p)
+    trained = layout.trained_models()
     model_ids = {name: f"{namespace}/{prefix}-{name}" for name in trained}
-    merges = {merge_name(m): m for m in merges_of(p.recipe)}
-    merge_ids = {name: f"{namespace}/{prefix}-merged-{name}" for name in merges}
+    merge_ids = {name: f"{namespace}/{prefix}-merged-{name}" for name in p.recipe.merges}
 
     def dataset_link(config: str) -> str:
         return f"config `{config}` of [{dataset_id}]({HUB_URL}/datasets/{dataset_id})"
 
-    card = DatasetCard.load(p.data_dir / "README.md")
-    listed = [f"- [{i}]({HUB_URL}/{i}): trained on `{'all' if n == 'baseline' else n}`" for n, i in model_ids.items()]
+    card = DatasetCard.load(layout.data_dir / "README.md")
+    listed = [f"- [{i}]({HUB_URL}/{i}): trained on `{ALL if n == 'baseline' else n}`" for n, i in model_ids.items()]
     listed += [f"- [{i}]({HUB_URL}/{i}): merge ({n}) of the cluster sub-models" for n, i in merge_ids.items()]
     card.text = card.text.rstrip() + "\n\n## Models trained on this data\n\n" + "\n".join(listed) + "\n"
-    push_folder_with_card(p.data_dir, dataset_id, "dataset", private, str(card), "dtm-hf run: dataset")
+    push_folder(layout.data_dir, dataset_id, "dataset", hub.private, "dtm-hf run: dataset", card=str(card))
 
     for name, folder in trained.items():
-        config = "all" if name == "baseline" else name
+        config = ALL if name == "baseline" else name
         links = f"## Disperse-Then-Merge run\n\nTrained on {dataset_link(config)}.\n"
         text = _model_card(folder, datasets=[dataset_id], links=links)
-        push_folder_with_card(folder, model_ids[name], "model", private, text, f"dtm-hf run: {name}")
+        push_folder(folder, model_ids[name], "model", hub.private, f"dtm-hf run: {name}", card=text)
 
-    for name, section in merges.items():
-        folder, subs = p.merged_dir / name, submodel_names(section, p.clusters())
+    for name, args in p.recipe.merges.items():
+        subs = [Path(ref).name for ref, _ in expand(args.submodels)]
         rows = "\n".join(f"- [{model_ids[c]}]({HUB_URL}/{model_ids[c]}), trained on {dataset_link(c)}" for c in subs)
         links = f"## Sub-models\n\n{rows}\n"
-        text = _model_card(folder, datasets=[dataset_id], base_model=[model_ids[c] for c in subs], links=links)
-        push_folder_with_card(folder, merge_ids[name], "model", private, text, f"dtm-hf run: merge {name}")
+        text = _model_card(layout.merged(name), datasets=[dataset_id], base_model=[model_ids[c] for c in subs],
+                           links=links)
+        push_folder(layout.merged(name), merge_ids[name], "model", hub.private, f"dtm-hf run: merge {name}", card=text)
 
     pushed = {"dataset": dataset_id, **model_ids, **{f"merged_{n}": i for n, i in merge_ids.items()}}
-    (p.run_dir / "pushed.json").write_text(json.dumps(pushed, indent=2) + "\n")
+    layout.pushed_file.write_text(json.dumps(pushed, indent=2) + "\n")
     return pushed

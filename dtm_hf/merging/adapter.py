@@ -10,10 +10,15 @@
 """
 
 import json
+import logging
 from pathlib import Path
 
-from .errors import DtmError
-from .submodels import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, SubModel
+from ..errors import DtmError
+from .methods import METHODS
+from .submodels import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, SubModel, model_shapes
+
+logger = logging.getLogger(__name__)
+RANK_ERRORS_FILE = "adapter_rank_errors.json"
 
 UNSUPPORTED = ("fan_in_fan_out", "lora_bias", "trainable_token_indices", "target_parameters", "layer_replication",
                "rank_pattern", "alpha_pattern")
@@ -40,8 +45,6 @@ def _load(sub: SubModel) -> tuple[dict, dict]:
 
 def _base_tensors(base_path: Path, names: set[str]) -> dict:
     from safetensors import safe_open
-
-    from .submodels import model_shapes
 
     index = base_path / "model.safetensors.index.json"
     files = json.loads(index.read_text())["weight_map"] if index.is_file() else {}
@@ -131,3 +134,24 @@ def save(out: Path, merged: dict, saved: dict, template: SubModel, base_ref: str
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, out / ADAPTER_WEIGHTS, metadata={"format": "pt"})
     (out / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def write_adapter(plan, out: Path, adapter_rank: int | None, dtype: str | None) -> dict | None:
+    """The merge of `plan` as one LoRA adapter in `out`; returns the SVD's relative error per module, if truncated."""
+    template = plan.submodels[0]
+    if METHODS[plan.method].adapter == "paper":
+        merged, saved = paper(plan.submodels, plan.weights, plan.base_path)
+        save(out, merged, saved, template, plan.base_ref, template.rank, template.alpha, dtype)
+        return None
+    merged, saved, rank = concat(plan.submodels, plan.weights, plan.base_path)
+    errors = None
+    if adapter_rank is not None:
+        merged, errors = truncate(merged, adapter_rank)
+        rank = adapter_rank
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RANK_ERRORS_FILE).write_text(json.dumps(errors, indent=2) + "\n")
+        worst = max(errors, key=errors.get)
+        logger.info(f"Rank-{rank} adapter: relative error per module mean {sum(errors.values()) / len(errors):.4g}, "
+                    f"worst {errors[worst]:.4g} ({worst}); all in {RANK_ERRORS_FILE}")
+    save(out, merged, saved, template, plan.base_ref, rank, rank, dtype)
+    return errors

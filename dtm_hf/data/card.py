@@ -1,62 +1,11 @@
-"""Writes the distribute output: a folder shaped like a Hub dataset repository.
+"""The distribute output's card (`README.md`, whose YAML lists the configs) and its chart of cluster sizes by
+source (`stats.png`)."""
 
-    cluster_0/train-00000-of-00001-<digest>.parquet ... cluster_{K-1}/...   all/...
-    README.md (dataset card whose YAML lists the configs)   clusters.json   stats.json   stats.png
-
-`datasets.load_dataset(FOLDER, "cluster_0")` works on the folder itself and, after an upload, on the repo.
-"""
-
-import hashlib
-import json
-import math
 from pathlib import Path
 
 import numpy as np
 
-MAX_SHARD_BYTES = 500 * 2**20
-
-
-def config_names(n_clusters: int) -> list[str]:
-    return [f"cluster_{i}" for i in range(n_clusters)] + ["all"]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(2**24):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _write_config(data, folder: Path, name: str, total_bytes: int, total_rows: int) -> list[str]:
-    """Parquet shards named with a digest of their bytes, so that `datasets`, which caches a local folder by its
-    name and its YAML `data_files` alone, can never serve an older output's rows for a new one."""
-    shards = max(1, math.ceil(total_bytes * len(data) / max(total_rows, 1) / MAX_SHARD_BYTES))
-    (folder / name).mkdir()
-    paths = []
-    for i in range(shards):
-        tmp = folder / name / f"shard-{i}.tmp"
-        data.shard(shards, i, contiguous=True).to_parquet(str(tmp))
-        digest = _sha256(tmp)[:16]
-        path = f"{name}/train-{i:05d}-of-{shards:05d}-{digest}.parquet"
-        tmp.rename(folder / path)
-        paths.append(path)
-    return paths
-
-
-def write_configs(data, labels: np.ndarray, folder: Path) -> dict[str, list[str]]:
-    """One parquet config per cluster and `all`; rows keep their input order, with a `cluster` column.
-    Returns each config's files, relative to `folder`."""
-    from tqdm.auto import tqdm
-
-    data = data.add_column("cluster", labels.tolist())
-    total_bytes, n_clusters = data.data.nbytes, int(labels.max()) + 1
-    files = {}
-    for cluster in tqdm(range(n_clusters), desc="Writing cluster configs"):
-        subset = data.select(np.flatnonzero(labels == cluster))
-        files[f"cluster_{cluster}"] = _write_config(subset, folder, f"cluster_{cluster}", total_bytes, len(data))
-    files["all"] = _write_config(data, folder, "all", total_bytes, len(data))
-    return files
+from ..names import cluster_name, cluster_names, config_names
 
 
 def _card_body(stats: dict) -> str:
@@ -68,7 +17,7 @@ def _card_body(stats: dict) -> str:
                    f"({stats.get('embedding_backend')} backend) of the {stats.get('embed_field')}"),
         "source": f"whole sources of the column `{stats.get('source_column')}`",
     }[method]
-    sizes = "\n".join(f"| `cluster_{i}` | {n} |" for i, n in enumerate(stats["sizes"]))
+    sizes = "\n".join(f"| `{cluster_name(i)}` | {n} |" for i, n in enumerate(stats["sizes"]))
     skipped = ", ".join(f"{reason}: {n}" for reason, n in stats["skipped"].items()) or "none"
     return f"""
 # {stats['input']} in {k} clusters
@@ -125,7 +74,7 @@ def write_stats_plot(folder: Path, stats: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    clusters = [f"cluster_{i}" for i in range(stats["n_clusters"])]
+    clusters = cluster_names(stats["n_clusters"])
     by_source = stats["cluster_source_counts"]
     sources = sorted({s for counts in by_source.values() for s in counts})
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(clusters)), 4.5))
@@ -142,10 +91,3 @@ def write_stats_plot(folder: Path, stats: dict) -> None:
     fig.tight_layout()
     fig.savefig(folder / "stats.png", dpi=120)
     plt.close(fig)
-
-
-def write_metadata(folder: Path, labels: np.ndarray, stats: dict, files: dict[str, list[str]]) -> None:
-    (folder / "clusters.json").write_text(json.dumps(labels.tolist()))
-    (folder / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    write_card(folder, stats, files)
-    write_stats_plot(folder, stats)

@@ -11,13 +11,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DtmError
-from .submodel_card import MARKER as TRAIN_MARKER
+from ..errors import DtmError
+from ..hub import download, hub_id_problem
+from ..names import ALL as BASELINE  # the training root's sub-model trained on every row: a baseline, never merged
+from ..names import MARKER as TRAIN_MARKER
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-BASELINE = "all"  # the training root's sub-model trained on every row: a baseline, never merged
-LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
 PEFT_PREFIX = "base_model.model."
 BASE_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
 
@@ -80,11 +80,11 @@ class SubModel:
 
 
 def safetensors_shapes(path: Path) -> dict[str, list[int]]:
-    """Tensor name -> shape, from the file's JSON header alone."""
-    with open(path, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(size))
-    return {name: info["shape"] for name, info in header.items() if name != "__metadata__"}
+    """Tensor name -> shape, from the file's header alone."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        return {name: f.get_slice(name).get_shape() for name in f.keys()}
 
 
 def model_shapes(folder: Path) -> dict[str, list[int]]:
@@ -98,22 +98,6 @@ def model_shapes(folder: Path) -> dict[str, list[int]]:
     for name in files:
         shapes.update(safetensors_shapes(folder / name))
     return shapes
-
-
-def _looks_like_repo_id(ref: str) -> bool:
-    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", ref)) and not ref.startswith((".", "~"))
-
-
-def download(repo_id: str, what: str, allow_patterns: list[str] | None = None) -> Path:
-    """A Hub repo's snapshot; a failure says which input could not be fetched."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=allow_patterns))
-    except Exception as err:  # noqa: BLE001 - any Hub failure means this input is unusable; say which and why
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DtmError(f"cannot fetch the {what} {repo_id!r} from the Hub ({reason}); check the id, the network "
-                       "and HF_TOKEN, or pass a local folder") from err
 
 
 def _natural_key(path: Path):
@@ -138,7 +122,7 @@ def expand(refs: list[str]) -> list[tuple[str, Path]]:
             found += [(str(p), p) for p in clusters]
         elif path.exists():
             raise DtmError(f"sub-model {ref} is a file; pass a sub-model folder, a training output root or a Hub id")
-        elif _looks_like_repo_id(ref):
+        elif hub_id_problem(ref) is None:
             found.append((ref, download(ref, "sub-model")))
         else:
             raise DtmError(f"sub-model {ref} does not exist; pass a sub-model folder, a training output root or a "
@@ -181,7 +165,7 @@ def resolve_base(base_model: str | None, submodels: list[SubModel]) -> tuple[str
     path = Path(base_model).expanduser()
     if path.is_dir():
         return str(path.absolute()), path.absolute()
-    if path.is_absolute() or not _looks_like_repo_id(base_model):
+    if hub_id_problem(base_model) is not None:
         raise DtmError(f"the base model {base_model} does not exist; pass --base_model PATH_OR_HUB_ID")
     return base_model, download(base_model, "base model", BASE_PATTERNS)
 

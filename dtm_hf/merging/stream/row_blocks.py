@@ -7,9 +7,9 @@ in cache through mergekit's dozen element-wise passes. TIES first needs each tas
 that runs one sub-model at a time and keeps only the rule (`top_k.top_k_rule`), which each block then applies.
 """
 
+from ..methods import METHODS
 from .top_k import sparsify_block, top_k_rule
 
-ROW_BLOCK_METHODS = {"linear", "task_arithmetic", "ties"}
 # CPU matmul over fewer than about 12 rows takes other kernels, whose rounding differs from the full product's;
 # blocks of 16 rows or more, wherever they start, reproduce the full product's rows bit for bit.
 MIN_ROWS = 16
@@ -38,7 +38,8 @@ class RowBlockMerge:
         from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
 
         task = save.tensor_task
-        if not (isinstance(task, ExecuteMergeMethodTask) and task.method_name in ROW_BLOCK_METHODS
+        method = METHODS.get(getattr(task, "method_name", None))
+        if not (isinstance(task, ExecuteMergeMethodTask) and method and method.row_blocks
                 and isinstance(task.gather_tensors, GatherTensors) and not task.parameters.get("rescale", False)):
             return None
         inputs = {}
@@ -68,7 +69,7 @@ class RowBlockMerge:
 
         row_elements = math.prod(self.shape[1:])
         blocks = row_blocks(self.shape[0], row_elements, block_elements)
-        if self.task.method_name != "ties":
+        if not METHODS[self.task.method_name].top_k:
             for start, stop in blocks:
                 yield start, self.task.execute(tensors={m: self._rows(m, start, stop) for m in self.inputs})
             return

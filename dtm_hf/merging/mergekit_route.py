@@ -1,0 +1,28 @@
+"""The merge run by mergekit itself (`--lora_route mergekit`, and DARE under `auto`): its Python API, offline,
+with a LoRA merge cache made for this merge alone."""
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from .stream.top_k import stable_magnitude
+
+
+def run_mergekit(config, out: Path, seed: int, shard_bytes: int, device: str) -> None:
+    """Run the mergekit configuration `config` into `out`. mergekit keys its LoRA cache by path alone, so a cache
+    shared between merges would serve a retrained adapter stale: this one is made here and deleted after."""
+    from mergekit.io.tasks import LoaderCache
+    from mergekit.merge import MergeOptions, run_merge
+
+    cache = Path(tempfile.mkdtemp(prefix=".lora-merge-cache-", dir=out.parent))
+    # mergekit keeps its loaders in a class-level dict keyed by reference: one left from an earlier merge in this
+    # process would read an older (deleted) cache. Start and end empty.
+    LoaderCache().loaders.clear()
+    try:
+        options = MergeOptions(lora_merge_cache=str(cache), write_model_card=False, random_seed=seed,
+                               out_shard_size=shard_bytes, device=device)
+        with stable_magnitude():
+            run_merge(config, str(out), options=options)
+    finally:
+        LoaderCache().loaders.clear()
+        shutil.rmtree(cache, ignore_errors=True)

@@ -1,0 +1,25 @@
+"""Names every step agrees on: the distribute output's configs, the all-data baseline, the training marker.
+
+A distribute output has the configs `cluster_0` ... `cluster_{K-1}` and `all` (every row). `dtm-hf train` writes
+one folder per selection under its output root and marks a finished one with `dtm_train.json`, written last.
+"""
+
+import re
+
+ALL = "all"  # the config with every row, and the sub-model trained on it: the paper's all-data baseline
+ALL_CLUSTERS = "all_clusters"  # the training selection "each cluster in turn"
+MARKER = "dtm_train.json"
+CLUSTER = re.compile(r"cluster_(\d+)")
+
+
+def cluster_name(index: int) -> str:
+    return f"cluster_{index}"
+
+
+def cluster_names(n_clusters: int) -> list[str]:
+    return [cluster_name(i) for i in range(n_clusters)]
+
+
+def config_names(n_clusters: int) -> list[str]:
+    """Every config of a distribute output of K clusters."""
+    return [*cluster_names(n_clusters), ALL]

@@ -1,0 +1,95 @@
+"""Training one sub-model: TRL's SFTTrainer on the run's rows, then the adapter, the card and the marker; and its
+upload to the Hub."""
+
+import copy
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from ..log import is_main_process
+from ..names import MARKER
+from .plan import Run
+
+logger = logging.getLogger(__name__)
+
+
+def build_trainer(run: Run, tokenizer, base: str, training_args, model_args):
+    """An SFTTrainer for one run, writing its checkpoints into the run's folder."""
+    from trl import SFTTrainer, get_peft_config, get_quantization_config
+
+    args = copy.deepcopy(training_args)
+    args.output_dir = str(run.folder)
+    # dtm-hf pushes each finished sub-model itself, to its own repo; the Trainer must not push checkpoints
+    args.push_to_hub, args.hub_model_id = False, None
+    args.model_init_kwargs = {"revision": model_args.model_revision, "attn_implementation": model_args.attn_implementation,
+                              "dtype": model_args.dtype, **(training_args.model_init_kwargs or {})}
+    return SFTTrainer(model=base, args=args, train_dataset=run.data, processing_class=tokenizer,
+                      peft_config=get_peft_config(model_args), quantization_config=get_quantization_config(model_args))
+
+
+def final_loss(log_history: list[dict], mean_loss: float | None) -> float | None:
+    """The last logged training loss; the run's mean loss when no step was logged."""
+    losses = [entry["loss"] for entry in log_history if "loss" in entry]
+    return float(losses[-1]) if losses else mean_loss
+
+
+def train_one(run: Run, tokenizer, base: str, dtm_args, training_args, model_args, template_origin: str):
+    from accelerate import PartialState
+
+    from .card import adapter_kind, hyperparameters, write_card, write_marker
+
+    state = PartialState()
+    if dtm_args.overwrite and run.folder.exists() and state.is_main_process:
+        shutil.rmtree(run.folder)
+    state.wait_for_everyone()
+    start = time.perf_counter()
+    trainer = build_trainer(run, tokenizer, base, training_args, model_args)
+    result = trainer.train(resume_from_checkpoint=run.checkpoint)
+    trainer.save_model(str(run.folder))
+    if state.is_main_process:
+        folder = run.folder
+        trainer.state.save_to_json(str(folder / "trainer_state.json"))
+        (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle, and it may hold a hub token
+        for checkpoint in folder.glob("checkpoint-*"):  # optimizer states; the sub-model is what is kept
+            shutil.rmtree(checkpoint)
+        source = dtm_args.dataset
+        path = Path(source).expanduser()
+        marker = {
+            "cluster": run.name,
+            "configs": run.configs,
+            "dataset": str(path.absolute()) if path.is_dir() else source,
+            "dataset_config": run.name,
+            "base_model": base,
+            "adapter": adapter_kind(model_args),
+            "cluster_rows": run.cluster_rows,
+            "train_rows": len(run.data),
+            "held_out_rows": run.held_out_rows,
+            "seed": training_args.seed,
+            "final_loss": final_loss(trainer.state.log_history, result.training_loss),
+            "mean_train_loss": result.training_loss,
+            "global_step": trainer.state.global_step,
+            "train_seconds": round(time.perf_counter() - start, 2),
+            "chat_template": template_origin,
+            "hyperparameters": hyperparameters(dtm_args, training_args, model_args),
+            "hub_model_id": None,
+        }
+        write_card(folder, marker)
+        write_marker(folder, marker)
+    state.wait_for_everyone()
+    return trainer
+
+
+def push(run: Run, training_args) -> None:
+    """Upload a complete sub-model to its repo and record the repo in its marker."""
+    from ..hub import push_folder
+    from .card import write_marker
+
+    if not is_main_process():
+        return
+    marker = json.loads((run.folder / MARKER).read_text())
+    url = push_folder(run.folder, run.hub_repo, "model", training_args.hub_private_repo or False,
+                      f"dtm-hf train: {run.name} sub-model")
+    write_marker(run.folder, {**marker, "hub_model_id": run.hub_repo})
+    logger.info(f"[{run.name}] pushed to {url}")
