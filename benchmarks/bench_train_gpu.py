@@ -125,7 +125,7 @@ def run_variant(name: str, base: Path, output_dir: Path, args) -> dict:
             "--output_dir", str(output_dir / name), "--save_strategy", "no", "--logging_steps", str(args.max_steps),
             "--max_length", str(args.max_length), "--packing", "true", "--max_steps", str(args.max_steps),
             "--per_device_train_batch_size", str(args.batch_size), "--gradient_accumulation_steps", "1",
-            "--gradient_checkpointing", str(args.gradient_checkpointing).lower(),
+            "--activation_checkpointing", str(args.gradient_checkpointing).lower(),
             "--attn_implementation", args.attn_implementation, "--lora_dropout", "0.0",
             "--lora_target_modules", *LORA_TARGETS, "--use_cpu", str(not args.cuda).lower(),
             "--bf16", str(args.cuda).lower(), "--dtype", "bfloat16" if args.cuda else "float32", *VARIANTS[name]]

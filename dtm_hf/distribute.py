@@ -17,6 +17,7 @@ from pathlib import Path
 from .arguments import Arguments
 from .cli import add_config_flag, run_command
 from .data.formats import FORMAT_COLUMNS, detect_format
+from .data.partition import METHODS
 from .errors import DtmError
 from .hub import require_push_target
 from .names import cluster_name
@@ -42,7 +43,7 @@ class DistributeArguments(Arguments):
     n_clusters: int | None = field(default=None, metadata={
         "help": "K, the number of portions. Required for random and kmeans; for source, defaults to one per source."})
     method: str = field(default="random", metadata={"help": "random, kmeans or source.",
-                                                    "choices": ["random", "kmeans", "source"]})
+                                                    "choices": list(METHODS)})
     seed: int = field(default=42, metadata={"help": "Seed of the shuffle and of k-means."})
     embed_field: str = field(default="response", metadata={
         "help": "What k-means embeds: the instruction, the response (as the paper's code did) or both.",
@@ -78,7 +79,6 @@ def distribute(args: DistributeArguments) -> Path:
     import numpy as np
 
     from .data.inputs import load_input, reduce_dataset
-    from .data.partition import METHODS
     from .data.repo import write_configs, write_metadata
     from .hub import push_folder
     from .outputs import atomic_output_dir, check_output_dir

@@ -1,5 +1,6 @@
 """Every recipe under recipes/ parses with the installed TRL and accelerate, so a renamed field fails here."""
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,10 @@ def test_train_recipe_parses(recipe):
 
     # use_cpu: GPU recipes ask for bf16, which TrainingArguments refuses on a machine without a GPU otherwise
     argv = ["--config", str(recipe), "--cluster", "cluster_0", "--use_cpu", "true"]
-    dtm_args, training_args, model_args = parse(make_parser(), argv)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dtm_args, training_args, model_args = parse(make_parser(), argv)
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []  # current key names
     assert dtm_args.dataset and model_args.model_name_or_path and training_args.output_dir
     assert training_args.assistant_only_loss and model_args.use_peft
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..hub import card_text
 from ..names import cluster_name, cluster_names, config_names
 
 
@@ -64,7 +65,7 @@ def write_card(folder: Path, stats: dict, files: dict[str, list[str]]) -> None:
         task_categories=["text-generation"],
         pretty_name=f"{stats['input']} in {stats['n_clusters']} clusters",
     )
-    DatasetCard(f"---\n{data.to_yaml()}\n---\n{_card_body(stats)}").save(folder / "README.md")
+    DatasetCard(card_text(data, _card_body(stats))).save(folder / "README.md")
 
 
 def write_stats_plot(folder: Path, stats: dict) -> None:

@@ -34,13 +34,8 @@ def check_supported(submodels: list[SubModel]) -> None:
 
 def _load(sub: SubModel) -> tuple[dict, dict]:
     """({base weight: (A, B)}, {base weight: saved module weight}) in float32."""
-    from safetensors.torch import load_file
-
-    tensors = load_file(sub.path / ADAPTER_WEIGHTS)
-    loras = {weight: (tensors[a].float(), tensors[b].float()) for weight, (a, b) in sub.lora_modules().items()}
-    lora_keys = {key for pair in sub.lora_modules().values() for key in pair}
-    saved = {key.removeprefix(PEFT_PREFIX): t.float() for key, t in tensors.items() if key not in lora_keys}
-    return loras, saved
+    loras, saved = sub.load_tensors()
+    return ({w: (a.float(), b.float()) for w, (a, b) in loras.items()}, {k: t.float() for k, t in saved.items()})
 
 
 def _base_tensors(base_path: Path, names: set[str]) -> dict:

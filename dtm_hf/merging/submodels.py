@@ -79,6 +79,17 @@ class SubModel:
         return modules
 
 
+    def load_tensors(self) -> tuple[dict, dict]:
+        """The adapter's weights as ({base weight: (A, B)}, {base weight: saved module weight}), as stored."""
+        from safetensors.torch import load_file
+
+        tensors = load_file(self.path / ADAPTER_WEIGHTS)
+        modules = self.lora_modules()
+        lora_keys = {key for pair in modules.values() for key in pair}
+        loras = {weight: (tensors[a], tensors[b]) for weight, (a, b) in modules.items()}
+        return loras, {key.removeprefix(PEFT_PREFIX): t for key, t in tensors.items() if key not in lora_keys}
+
+
 def safetensors_shapes(path: Path) -> dict[str, list[int]]:
     """Tensor name -> shape, from the file's header alone."""
     from safetensors import safe_open

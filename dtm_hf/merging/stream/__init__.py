@@ -1,0 +1,1 @@
+"""The streaming merge route: LoRA sub-models served to mergekit tensor by tensor, without merged copies."""

@@ -4,7 +4,7 @@ shared by every reference, and each LoRA sub-model's tensors as W + scale * B @ 
 import os
 from pathlib import Path
 
-from ..submodels import ADAPTER_WEIGHTS, PEFT_PREFIX, SubModel
+from ..submodels import SubModel
 
 
 class SharedBaseLoader:
@@ -53,14 +53,8 @@ class LoraTensorLoader:
     """Stands in for mergekit's loader of a merged `base+adapter` copy: what PEFT's merge_and_unload would save."""
 
     def __init__(self, base: SharedBaseLoader, submodel: SubModel):
-        from safetensors.torch import load_file
-
-        tensors = load_file(submodel.path / ADAPTER_WEIGHTS)
-        modules = submodel.lora_modules()
         self.base, self.index, self.scale = base, base.index, submodel.scale
-        self.loras = {weight: (tensors[a], tensors[b]) for weight, (a, b) in modules.items()}
-        lora_keys = {key for pair in modules.values() for key in pair}
-        self.saved = {key.removeprefix(PEFT_PREFIX): t for key, t in tensors.items() if key not in lora_keys}
+        self.loras, self.saved = submodel.load_tensors()
         self._factors = (None, None)  # (key, device), (A, B) there in float32: the last tensor's, for its next block
 
     def get_tensor(self, key, device="cpu", aliases=None, raise_on_missing=True):
