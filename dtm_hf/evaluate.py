@@ -73,27 +73,35 @@ def evaluate(args: EvaluateArguments) -> Path:
     from tqdm.auto import tqdm
 
     from .evaluation.harness import run_lm_eval
-    from .evaluation.loss import cluster_loss, held_out_rows, load_model
+    from .evaluation.loss import ClusterLoss, cluster_loss, held_out_rows, load_model
     from .evaluation.report import plot_results, results_table
+    from .hub import local_or_hub
     from .outputs import atomic_output_dir, check_output_dir
 
     models = parse_models(args.models)
+    for path in models.values():  # every model found before any is loaded
+        local_or_hub(path, "the model", "--models")
     output = check_output_dir(args.output_dir, args.overwrite)
     rows = held_out_rows(args.dataset, args.held_out, args.seed, args.max_rows_per_cluster)
-    losses, lm_eval_scores = {}, {}
+    losses, counts, long_rows, lm_eval_scores = {}, {}, {}, {}
     for name, path in tqdm(models.items(), desc="Evaluating models", unit="model"):
         model, tokenizer = load_model(path, args.dtype)
-        sums = {c: cluster_loss(model, tokenizer, r, args.max_length, args.batch_size) for c, r in rows.items()}
-        losses[name] = {c: total / count for c, (total, count) in sums.items()}
-        losses[name]["overall"] = sum(t for t, _ in sums.values()) / sum(n for _, n in sums.values())
+        scored = {c: cluster_loss(model, tokenizer, r, args.max_length, args.batch_size) for c, r in rows.items()}
+        scored["overall"] = ClusterLoss(sum(s.total for s in scored.values()), sum(s.tokens for s in scored.values()),
+                                        sum(s.rows for s in scored.values()), {})
+        losses[name] = {c: s.total / s.tokens if s.tokens else None for c, s in scored.items()}
+        counts[name] = {c: s.rows for c, s in scored.items()}
+        long_rows[name] = {c: s.long_rows for c, s in scored.items() if s.long_rows}
+        if long_rows[name]:
+            logger.info(f"{name}: rows too long for --max_length {args.max_length}, by cluster: {long_rows[name]}")
         del model
         if args.lm_eval_tasks:
             scores = run_lm_eval(path, args.lm_eval_tasks, args.lm_eval_limit, args.lm_eval_include_path)
             lm_eval_scores[name] = {f"{task}/{metric}": v for task, m in scores.items() for metric, v in m.items()}
-    table = results_table(losses, lm_eval_scores)
+    table = results_table(losses, counts, lm_eval_scores, long_rows)
     results = {
         "dataset": args.dataset, "held_out": args.held_out, "seed": args.seed, "models": models,
-        "loss": losses, "lm_eval": lm_eval_scores,
+        "loss": losses, "rows": counts, "long_rows": long_rows, "lm_eval": lm_eval_scores,
         "held_out_rows": {c: [r["row"] for r in rs] for c, rs in rows.items()},
     }
     with atomic_output_dir(output, args.overwrite) as tmp:

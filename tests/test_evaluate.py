@@ -67,13 +67,41 @@ def test_losses_match_an_independent_computation(setup, tmp_path):
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_long_rows_are_counted_not_fatal(setup, tmp_path):
+    """Prompts that fill --max_length are skipped and replies that do not fit are cut, per cluster, with the rows
+    behind every cell in results.md."""
+    from datasets import load_dataset
+    from transformers import AutoTokenizer
+
+    from dtm_hf.training.tokenize import SKIPPED, TRUNCATED, encode_turn
+
+    root, base, _ = setup
+    max_length = 14
+    out = tmp_path / "eval"
+    assert dtm("evaluate", "--models", f"base={base}", "--dataset", root / "data", "--held_out", 0.5,
+               "--max_length", max_length, "--output_dir", out) == 0
+    results = json.loads((out / "results.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    for cluster in ("cluster_0", "cluster_1"):
+        held = [r for r in load_dataset(str(root / "data"), cluster, split="train") if is_held_out(r["row"], 0.5, 42)]
+        outcomes = [encode_turn(tokenizer, r["messages"], max_length).outcome for r in held]
+        expected = {o: outcomes.count(o) for o in (SKIPPED, TRUNCATED) if outcomes.count(o)}
+        assert expected and results["long_rows"]["base"].get(cluster, {}) == expected
+        assert results["rows"]["base"][cluster] == len(held) - outcomes.count(SKIPPED)
+    table = (out / "results.md").read_text()
+    assert f"({results['rows']['base']['overall']})" in table
+    for cluster, found in results["long_rows"]["base"].items():
+        line = next(line for line in table.splitlines() if line.startswith("- base: "))
+        assert all(f"{n} {what.replace('_', ' ')}" in line for what, n in found.items()) and cluster in line
+
+
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
         (["--models", "justapath"], "--models takes NAME=PATH_OR_ID pairs, got 'justapath'"),
         (["--models", "a=x", "a=y"], "--models names 'a' twice"),
         (["--models", "a=BASE", "--held_out", "0"], "--held_out must be in (0, 1), got 0.0"),
-        (["--models", "a=/no/such/model"], "cannot load the model '/no/such/model'"),
+        (["--models", "a=/no/such/model"], "the model /no/such/model does not exist"),
     ],
 )
 def test_bad_input(setup, tmp_path, capsys, argv, expected):

@@ -1,6 +1,7 @@
 """Held-out loss on the assistant tokens: the rows `dtm-hf train --held_out` kept out of training, per cluster,
 for a full model or a LoRA adapter (local or on the Hub)."""
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DtmError, first_line
@@ -27,57 +28,71 @@ def load_model(path: str, dtype: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..training.chat_template import default_chat_template
+    from ..hub import local_or_hub
+    from ..training.chat_template import ensure_chat_template
 
-    is_adapter = (Path(path) / "adapter_config.json").is_file()
+    ref, local = local_or_hub(path, "the model", "--models")
     try:
-        if not is_adapter and not Path(path).is_dir():
+        if local:
+            is_adapter = (Path(ref) / "adapter_config.json").is_file()
+        else:
             from huggingface_hub import file_exists
 
-            is_adapter = file_exists(path, "adapter_config.json")
+            is_adapter = file_exists(ref, "adapter_config.json")
         if is_adapter:
             from peft import AutoPeftModelForCausalLM
 
-            model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype).merge_and_unload()
+            model = AutoPeftModelForCausalLM.from_pretrained(ref, dtype=dtype).merge_and_unload()
         else:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(ref)
     except (OSError, ValueError) as err:
         raise DtmError(f"cannot load the model {path!r}: {first_line(err)}") from err
-    if tokenizer.chat_template is None:
-        tokenizer.chat_template = default_chat_template()
+    ensure_chat_template(tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.to(device).eval(), tokenizer
 
 
-def assistant_labels(tokenizer, messages: list[dict], max_length: int) -> tuple[list[int], list[int]]:
-    """Token ids of the conversation and its labels: the ids on the assistant reply and EOS, -100 elsewhere."""
-    encoded = tokenizer.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
-    ids, mask = encoded["input_ids"][:max_length], encoded["assistant_masks"][:max_length]
-    if not any(mask):
-        raise DtmError("the chat template marks no assistant tokens; it needs {% generation %} markers")
-    return ids, [t if m else -100 for t, m in zip(ids, mask, strict=True)]
+@dataclass
+class ClusterLoss:
+    total: float  # summed token cross-entropy over the labelled tokens
+    tokens: int
+    rows: int  # rows scored
+    long_rows: dict  # rows skipped or cut for length, by outcome (training/tokenize.py)
 
 
-def cluster_loss(model, tokenizer, rows: list[dict], max_length: int, batch_size: int) -> tuple[float, int]:
-    """(summed token cross-entropy, token count) over the assistant tokens of `rows`."""
+def cluster_loss(model, tokenizer, rows: list[dict], max_length: int, batch_size: int) -> ClusterLoss:
+    """The loss over the tokens training labels (the reply and its end of turn), encoded as training encodes."""
     import torch
 
+    from ..training.tokenize import IGNORE, encode_turn, stop_ids
+
+    stops = stop_ids(tokenizer)
+    encoded = [encode_turn(tokenizer, r["messages"], max_length, stops=stops) for r in rows]
+    long_rows = {}
+    for row in encoded:
+        if row.outcome:
+            long_rows[row.outcome] = long_rows.get(row.outcome, 0) + 1
+    scored = [row for row in encoded if row.input_ids and any(label != IGNORE for label in row.labels[1:])]
     total, count = 0.0, 0
-    for start in range(0, len(rows), batch_size):
-        pairs = [assistant_labels(tokenizer, r["messages"], max_length) for r in rows[start : start + batch_size]]
-        width = max(len(ids) for ids, _ in pairs)
+    for start in range(0, len(scored), batch_size):
+        batch = scored[start : start + batch_size]
+        width = max(len(row.input_ids) for row in batch)
         pad = tokenizer.pad_token_id
-        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in pairs], device=model.device)
-        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in pairs], device=model.device)
-        attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in pairs], device=model.device)
+
+        def padded(values, fill, width=width):
+            return values + [fill] * (width - len(values))
+
+        input_ids = torch.tensor([padded(r.input_ids, pad) for r in batch], device=model.device)
+        labels = torch.tensor([padded(r.labels, IGNORE) for r in batch], device=model.device)
+        attention = torch.tensor([padded([1] * len(r.input_ids), 0) for r in batch], device=model.device)
         with torch.no_grad():
-            logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
+            logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits.float()
         shifted = labels[:, 1:]
         losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), shifted, reduction="none",
-                                                   ignore_index=-100)
+                                                   ignore_index=IGNORE)
         total += losses.sum().item()
-        count += int((shifted != -100).sum())
-    return total, count
+        count += int((shifted != IGNORE).sum())
+    return ClusterLoss(total=total, tokens=count, rows=len(scored), long_rows=long_rows)

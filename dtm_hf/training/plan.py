@@ -3,7 +3,7 @@ and each output folder's state (train, resume, skip, or push only)."""
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DtmError
@@ -24,6 +24,7 @@ class Run:
     action: str  # "train", "resume", "skip" or "push" (complete, but not yet on the Hub repo asked for)
     checkpoint: str | None = None
     hub_repo: str | None = None
+    outcomes: dict = field(default_factory=dict)  # rows skipped or cut for length, by outcome (tokenize.py)
 
     @property
     def name(self) -> str:

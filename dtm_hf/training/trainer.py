@@ -8,6 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
+from ..errors import DtmError
 from ..log import is_main_process
 from ..names import MARKER
 from .plan import Run
@@ -16,16 +17,30 @@ logger = logging.getLogger(__name__)
 
 
 def build_trainer(run: Run, tokenizer, base: str, training_args, model_args):
-    """An SFTTrainer for one run, writing its checkpoints into the run's folder."""
+    """An SFTTrainer for one run, writing its checkpoints into the run's folder. The rows are encoded here (the
+    reply and its end of turn labelled, long rows skipped or cut: counted in `run.outcomes`); TRL packs them."""
+    from accelerate import PartialState
     from trl import SFTTrainer, get_peft_config, get_quantization_config
 
+    from .tokenize import SKIPPED, TRUNCATED, encode_rows
+
+    with PartialState().main_process_first():  # one process encodes, the others read its cached result
+        data, run.outcomes = encode_rows(run.data, tokenizer, training_args.max_length,
+                                         training_args.assistant_only_loss)
+    if run.outcomes:
+        logger.info(f"[{run.name}] {run.outcomes.get(SKIPPED, 0)} row(s) skipped (the prompt alone fills max_length "
+                    f"{training_args.max_length}), {run.outcomes.get(TRUNCATED, 0)} reply(ies) cut at max_length")
+    if len(data) == 0:
+        raise DtmError(f"{run.name}: every row's prompt fills max_length {training_args.max_length}; raise max_length")
     args = copy.deepcopy(training_args)
     args.output_dir = str(run.folder)
     # dtm-hf pushes each finished sub-model itself, to its own repo; the Trainer must not push checkpoints
     args.push_to_hub, args.hub_model_id = False, None
+    # The labels are made above; TRL's masks for conversational rows would ask for {% generation %} markers
+    args.assistant_only_loss, args.completion_only_loss, args.chat_template_path = False, None, None
     args.model_init_kwargs = {"revision": model_args.model_revision, "attn_implementation": model_args.attn_implementation,
                               "dtype": model_args.dtype, **(training_args.model_init_kwargs or {})}
-    return SFTTrainer(model=base, args=args, train_dataset=run.data, processing_class=tokenizer,
+    return SFTTrainer(model=base, args=args, train_dataset=data, processing_class=tokenizer,
                       peft_config=get_peft_config(model_args), quantization_config=get_quantization_config(model_args))
 
 
@@ -39,6 +54,7 @@ def train_one(run: Run, tokenizer, base: str, dtm_args, training_args, model_arg
     from accelerate import PartialState
 
     from .card import adapter_kind, hyperparameters, write_card, write_marker
+    from .tokenize import SKIPPED
 
     state = PartialState()
     if dtm_args.overwrite and run.folder.exists() and state.is_main_process:
@@ -64,8 +80,10 @@ def train_one(run: Run, tokenizer, base: str, dtm_args, training_args, model_arg
             "base_model": base,
             "adapter": adapter_kind(model_args),
             "cluster_rows": run.cluster_rows,
-            "train_rows": len(run.data),
+            "train_rows": len(run.data) - run.outcomes.get(SKIPPED, 0),
             "held_out_rows": run.held_out_rows,
+            "long_rows": run.outcomes,
+            "data_ratio": dtm_args.data_ratio,
             "seed": training_args.seed,
             "final_loss": final_loss(trainer.state.log_history, result.training_loss),
             "mean_train_loss": result.training_loss,
