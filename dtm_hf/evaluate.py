@@ -54,6 +54,8 @@ class EvaluateArguments(Arguments):
     lm_eval_limit: int | None = field(default=None, metadata={"help": "At most this many examples per lm-eval task."})
     lm_eval_include_path: str | None = field(default=None, metadata={
         "help": "A folder of custom lm-eval task YAMLs to register."})
+    allow_train_rows: bool = field(default=False, metadata={
+        "help": "Score held-out rows even when a model's dtm_train.json says it trained on some of them."})
     output_dir: str | None = field(default=None, metadata={"help": "Folder for results.json, results.md, results.png."})
     overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output folder."})
 
@@ -72,9 +74,11 @@ class EvaluateArguments(Arguments):
 def evaluate(args: EvaluateArguments) -> Path:
     from tqdm.auto import tqdm
 
+    from .data.repo import read_distribute_output
     from .evaluation.harness import run_lm_eval
     from .evaluation.loss import ClusterLoss, cluster_loss, held_out_rows, load_model
     from .evaluation.report import plot_results, results_table
+    from .evaluation.seen import check_unseen
     from .hub import local_or_hub
     from .outputs import atomic_output_dir, check_output_dir
 
@@ -82,7 +86,10 @@ def evaluate(args: EvaluateArguments) -> Path:
     for path in models.values():  # every model found before any is loaded
         local_or_hub(path, "the model", "--models")
     output = check_output_dir(args.output_dir, args.overwrite)
-    rows = held_out_rows(args.dataset, args.held_out, args.seed, args.max_rows_per_cluster)
+    source = read_distribute_output(args.dataset)
+    rows = held_out_rows(source, args.held_out, args.seed, args.max_rows_per_cluster)
+    if not args.allow_train_rows:
+        check_unseen(models, rows, source, args.held_out, args.seed)
     losses, counts, long_rows, lm_eval_scores = {}, {}, {}, {}
     for name, path in tqdm(models.items(), desc="Evaluating models", unit="model"):
         model, tokenizer = load_model(path, args.dtype)

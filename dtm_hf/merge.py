@@ -116,7 +116,7 @@ def merge(args: MergeArguments) -> Path:
     """Run the whole step; returns the output folder."""
     from .hub import push_folder
     from .merging.adapter import write_adapter
-    from .merging.card import write_card
+    from .merging.card import write_card, write_merge_marker
     from .merging.mergekit_config import CONFIG_FILE, build, mergekit_command
     from .merging.mergekit_route import run_mergekit
     from .merging.plan import make_plan
@@ -151,6 +151,7 @@ def merge(args: MergeArguments) -> Path:
         write_card(tmp, submodels=plan.submodels, base_ref=plan.base_ref, method=plan.method, weights=plan.weights,
                    density=args.density if method.density else None, output_format=plan.output_format,
                    adapter_rank=args.adapter_rank, yaml_text=yaml_text, command=command, rank_errors=errors)
+        write_merge_marker(tmp, plan)
     logger.info(f"Merged {len(plan.submodels)} sub-models ({plan.method}) into {plan.output}")
     if args.push_to_hub:
         url = push_folder(plan.output, args.hub_model_id, "model", args.private,

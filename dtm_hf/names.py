@@ -1,7 +1,8 @@
 """Names every step agrees on: the distribute output's configs, the all-data baseline, the training marker.
 
 A distribute output has the configs `cluster_0` ... `cluster_{K-1}` and `all` (every row). `dtm-hf train` writes
-one folder per selection under its output root and marks a finished one with `dtm_train.json`, written last.
+one folder per selection under its output root and marks a finished one with `dtm_train.json`, written last;
+`dtm-hf merge` records its sub-models in `dtm_merge.json`.
 """
 
 import re
@@ -9,6 +10,7 @@ import re
 ALL = "all"  # the config with every row, and the sub-model trained on it: the paper's all-data baseline
 ALL_CLUSTERS = "all_clusters"  # the training selection "each cluster in turn"
 MARKER = "dtm_train.json"
+MERGE_MARKER = "dtm_merge.json"  # beside a merge: its sub-models and what each trained on
 CLUSTER = re.compile(r"cluster_(\d+)")
 
 

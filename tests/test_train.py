@@ -283,3 +283,31 @@ def test_bad_inputs_one_error_line_nothing_written(setup, tmp_path, capsys, monk
     assert train(*base, "--cluster", "cluster_0", "--load_in_4bit", "true") == 2
     assert "pip install 'dtm-hf[qlora]'" in one_error_line(capsys, "train")
     assert not out.exists()
+
+
+def test_evaluation_refuses_rows_a_model_trained_on(setup, trained, tmp_path, capsys):
+    """The sub-models trained with held_out 0: every row was a training row."""
+    sub = trained / "cluster_1"
+    merged = tmp_path / "merged"
+    assert dtm("merge", "--submodels", trained / "cluster_0", sub, "--output_dir", merged) == 0
+    for name, model in (("sub", sub), ("merged", merged)):
+        out = tmp_path / f"eval-{name}"
+        capsys.readouterr()
+        assert dtm("evaluate", "--models", f"{name}={model}", "--dataset", setup["data"], "--held_out", 0.25,
+                   "--output_dir", out) == 2
+        line = one_error_line(capsys, "evaluate")
+        assert f"model '{name}' trained on " in line and "--allow_train_rows" in line
+        assert not out.exists()
+    out = tmp_path / "eval-allowed"
+    assert dtm("evaluate", "--models", f"sub={sub}", "--dataset", setup["data"], "--held_out", 0.25,
+               "--allow_train_rows", "--output_dir", out) == 0
+
+
+def test_evaluation_accepts_the_rows_training_held_out(setup, tmp_path):
+    out = tmp_path / "out"
+    assert train("--config", setup["recipe"], "--cluster", "cluster_2", "--held_out", 0.3, "--output_dir", out) == 0
+    assert dtm("evaluate", "--models", f"sub={out / 'cluster_2'}", "--dataset", setup["data"], "--held_out", 0.3,
+               "--output_dir", tmp_path / "eval") == 0
+    # A larger fraction than training held out reaches training rows.
+    assert dtm("evaluate", "--models", f"sub={out / 'cluster_2'}", "--dataset", setup["data"], "--held_out", 0.6,
+               "--output_dir", tmp_path / "eval-wider") == 2

@@ -7,12 +7,11 @@ from pathlib import Path
 from ..errors import DtmError, first_line
 
 
-def held_out_rows(dataset: str, fraction: float, seed: int, limit: int | None) -> dict[str, list[dict]]:
-    """Each cluster's held-out rows (`messages` and `row`), at most `limit` per cluster."""
+def held_out_rows(source, fraction: float, seed: int, limit: int | None) -> dict[str, list[dict]]:
+    """Each cluster's held-out rows (`messages` and `row`) of a distribute output, at most `limit` per cluster."""
     from ..data.held_out import is_held_out
-    from ..data.repo import load_rows, read_distribute_output
+    from ..data.repo import load_rows
 
-    source = read_distribute_output(dataset)
     rows = {}
     for cluster in source.clusters:
         data = load_rows(source, [cluster])

@@ -1,6 +1,10 @@
-"""The merged model's card: which sub-models, trained on what, merged how (with the mergekit YAML)."""
+"""The merged model's card: which sub-models, trained on what, merged how (with the mergekit YAML); and
+`dtm_merge.json`, the same facts for programs (evaluation reads what each sub-model trained on)."""
+
+import json
 
 from ..hub import PAPER, card_text
+from ..names import MERGE_MARKER
 from .methods import METHODS
 from .submodels import SubModel
 
@@ -48,3 +52,10 @@ def write_card(out, *, submodels: list[SubModel], base_ref: str, method: str, we
         lines += ["", "## Merge configuration (mergekit)", "", "```yaml", yaml_text.rstrip(), "```", "",
                   "It runs unchanged with mergekit:", "", "```bash", command, "```"]
     ModelCard(card_text(data, "\n".join(lines))).save(out / "README.md")
+
+
+def write_merge_marker(out, plan) -> None:
+    subs = [{"ref": sub.ref, "weight": w, "training": sub.marker} for sub, w in zip(plan.submodels, plan.weights,
+                                                                                    strict=True)]
+    record = {"method": plan.method, "base_model": plan.base_ref, "submodels": subs}
+    (out / MERGE_MARKER).write_text(json.dumps(record, indent=2) + "\n")

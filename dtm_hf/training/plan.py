@@ -18,7 +18,7 @@ class Run:
 
     configs: list[str]
     folder: Path
-    data: object  # datasets.Dataset with `messages` only
+    data: object  # datasets.Dataset of first turns: `messages` and their input `row`
     cluster_rows: int
     held_out_rows: int
     action: str  # "train", "resume", "skip" or "push" (complete, but not yet on the Hub repo asked for)
@@ -57,19 +57,6 @@ def check_quantization(model_args, training_args) -> None:
                     "unquantized base; use it to test a QLoRA recipe, train on a GPU.")
 
 
-def select_rows(data, held_out: float, seed: int, data_ratio: float):
-    """Drop the held-out rows, then keep the first `data_ratio` of a seeded shuffle (as the paper's code did).
-    Returns (rows to train on, with `messages` only; number held out)."""
-    from ..data.held_out import is_held_out
-
-    keep = [i for i, row in enumerate(data["row"]) if not is_held_out(row, held_out, seed)]
-    held = len(data) - len(keep)
-    data = data.select(keep)
-    if data_ratio < 1:
-        data = data.shuffle(seed=seed).select(range(round(len(data) * data_ratio)))
-    return data.select_columns(["messages"]), held
-
-
 def folder_state(folder: Path, overwrite: bool) -> tuple[str, str | None]:
     """(action, checkpoint) for one sub-model's folder."""
     from transformers.trainer_utils import get_last_checkpoint
@@ -91,6 +78,7 @@ def hub_repo(template: str, name: str) -> str:
 
 def plan(dtm_args, training_args) -> list[Run]:
     """Every run the arguments ask for, with its rows, after checking every input."""
+    from ..data.held_out import select_rows
     from ..data.repo import expand_clusters, load_rows, read_distribute_output
     from ..hub import require_push_target
 
