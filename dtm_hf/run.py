@@ -51,7 +51,7 @@ def run(args: RunArguments) -> Path:
     from .pipeline.engine import Pipeline
     from .pipeline.layout import RunLayout
     from .pipeline.recipe import load_recipe, parse_recipe
-    from .pipeline.stages import summary
+    from .pipeline.stages import missing_inputs, summary
 
     layout = RunLayout(Path(args.run_dir or (DEMO_DIR if args.config is None else RUN_DIR)).absolute())
     sections = load_recipe(args.config, layout)
@@ -59,12 +59,14 @@ def run(args: RunArguments) -> Path:
     if recipe.hub.push and "push" in args.stage_list:
         require_push_target(True, recipe.hub.namespace, "hub.namespace")  # the token, before hours of training
     pipeline = Pipeline(recipe, layout, args.overwrite)
+    chosen = [name for name, stage in STAGES.items() if name in args.stage_list and stage.asked(recipe)]
+    if problem := missing_inputs(pipeline, chosen):
+        raise DtmError(problem)
     layout.run_dir.mkdir(parents=True, exist_ok=True)
     layout.recipe_file.write_text(yaml.safe_dump(sections, sort_keys=False))
     start = time.perf_counter()
-    for name, (asked, stage) in STAGES.items():
-        if name in args.stage_list and asked(recipe):
-            stage(pipeline)
+    for name in chosen:
+        STAGES[name].run(pipeline)
     logger.info(summary(pipeline, time.perf_counter() - start))
     return layout.run_dir
 

@@ -233,3 +233,58 @@ def test_demo_end_to_end(tmp_path):
                                            add_generation_prompt=True, return_tensors="pt", return_dict=True)
     generated = model.generate(**prompt, max_new_tokens=5, do_sample=False)
     assert generated.shape[1] > prompt["input_ids"].shape[1]
+
+
+@pytest.mark.slow
+def test_resume_by_content_and_reasons_named(inputs, tmp_path, calls, capsys):
+    import os
+    import shutil
+
+    data, model = inputs
+    copy = tmp_path / "copy.jsonl"
+    shutil.copy(data, copy)
+    content = recipe((copy, model), merge=[{"method": "linear", "output_dir": "linear"}])
+    config = write_recipe(tmp_path / "dtm.yaml", content)
+    run_dir = tmp_path / "run"
+    assert run("--config", config, "--run_dir", run_dir) == 0
+    assert calls == {"distribute": 1, "train": 3, "merge": 1, "evaluate": 1}
+
+    # Touched, and replaced by an identical copy: nothing runs.
+    os.utime(copy, (1, 1))
+    assert run("--config", config, "--run_dir", run_dir) == 0
+    shutil.copy(data, copy)
+    capsys.readouterr()
+    assert run("--config", config, "--run_dir", run_dir) == 0
+    assert calls == {"distribute": 1, "train": 3, "merge": 1, "evaluate": 1}
+    assert capsys.readouterr().out.count("skipped: outputs complete") == 4
+
+    # A distribute setting that gives the same split re-runs distribute only: the data did not change.
+    content["distribute"]["embedding_batch_size"] = 7
+    write_recipe(config, content)
+    assert run("--config", config, "--run_dir", run_dir) == 0
+    assert calls == {"distribute": 2, "train": 3, "merge": 1, "evaluate": 1}
+    assert "[distribute] running (distribute.embedding_batch_size: (unset) -> 7)" in capsys.readouterr().out
+
+    # A training setting: train and what follows, each saying why.
+    content["train"]["learning_rate"] = 0.02
+    write_recipe(config, content)
+    assert run("--config", config, "--run_dir", run_dir) == 0
+    assert calls == {"distribute": 2, "train": 6, "merge": 2, "evaluate": 2}
+    out = capsys.readouterr().out
+    assert "[train] running (train.learning_rate: 0.01 -> 0.02)" in out
+    assert "[merge] running (cluster_0: content changed; cluster_1: content changed)" in out
+
+    # The input's content changed.
+    copy.write_text("".join(data.read_text().splitlines(keepends=True)[:-4]))
+    assert run("--config", config, "--run_dir", run_dir, "--stages", "distribute") == 0
+    assert "[distribute] running (dataset: content changed)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("stages", "needs"), [("merge", "train"), ("train", "distribute"),
+                                               ("evaluate", "distribute")])
+def test_a_later_stage_on_a_fresh_run_folder_names_the_stage_to_run_first(inputs, tmp_path, capsys, stages, needs):
+    config = write_recipe(tmp_path / "dtm.yaml", recipe(inputs))
+    assert run("--config", config, "--run_dir", tmp_path / "run", "--stages", stages) == 2
+    line = one_error_line(capsys, "run")
+    assert f"the {stages} stage needs the {needs} stage's outputs" in line and f"--stages {needs},{stages}" in line
+    assert not (tmp_path / "run").exists()

@@ -1,13 +1,15 @@
-"""Runs the stages of one recipe in one run folder, recording what each stage ran with: a stage whose settings
-and inputs are unchanged and whose outputs are complete is skipped; a changed one re-runs, and so does every stage
-after it (each stage's fingerprint chains the one before)."""
+"""Runs the stages of one recipe in one run folder, recording what each stage ran with: its settings and the
+content digests of its inputs (which include the outputs of the stages before it). A stage whose record is
+unchanged and whose outputs are complete is skipped; otherwise it runs, and the console says why."""
 
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 
+from .fingerprint import Digests, changes
 from .layout import RunLayout
 from .recipe import Recipe
 
@@ -17,27 +19,52 @@ logger = logging.getLogger(__name__)
 class Pipeline:
     def __init__(self, recipe: Recipe, layout: RunLayout, overwrite: bool):
         self.recipe, self.layout, self.overwrite = recipe, layout, overwrite
-        self.state = json.loads(layout.state_file.read_text()) if layout.state_file.is_file() else {}
-        self.upstream = ""  # fingerprint chain: a changed stage changes every later stage's fingerprint
+        self.state = self._load(layout.state_file)
+        self.digests = Digests(layout.run_dir / ".digests.json")
         self.summary: list[tuple[str, str, float]] = []
 
-    def stage(self, name: str, settings, outputs_complete: Callable[[], bool], work: Callable[[bool], None]) -> None:
-        """Run `work(changed)` unless the stage is current; `changed` says whether earlier outputs are stale."""
-        fingerprint = hashlib.sha256(json.dumps([self.upstream, settings], sort_keys=True, default=str)
-                                     .encode()).hexdigest()[:16]
-        self.upstream = fingerprint
+    def stage(self, name: str, settings: dict, outputs_complete: Callable[[], bool],
+              work: Callable[[bool], None]) -> None:
+        """Run `work(changed)` unless the stage is current; `changed` says that outputs it made before are stale
+        (settings or inputs changed), so they must be replaced rather than resumed."""
+        settings = json.loads(json.dumps(settings, default=str))
+        fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         recorded = self.state.get(name, {})
-        if not self.overwrite and recorded.get("fingerprint") == fingerprint and outputs_complete():
+        changed = recorded.get("fingerprint") not in (None, fingerprint)
+        if not self.overwrite and not changed and recorded and outputs_complete():
             logger.info(f"[{name}] skipped: outputs complete, settings and inputs unchanged")
             self.summary.append((name, "skipped", 0.0))
             return
-        reason = ("--overwrite" if self.overwrite else "first run" if not recorded else
-                  "settings or inputs changed" if recorded.get("fingerprint") != fingerprint else
-                  "outputs incomplete (interrupted)")
+        if self.overwrite:
+            reason = "--overwrite"
+        elif not recorded:
+            reason = "first run"
+        elif changed:
+            reason = "; ".join(changes(recorded.get("settings", {}), settings)) or "settings changed"
+        else:
+            reason = "outputs incomplete (interrupted)"
         logger.info(f"[{name}] running ({reason})")
         start = time.perf_counter()
-        work(recorded.get("fingerprint") not in (None, fingerprint) or self.overwrite)
+        work(changed or self.overwrite)
         elapsed = time.perf_counter() - start
-        self.state[name] = {"fingerprint": fingerprint, "seconds": round(elapsed, 2)}
-        self.layout.state_file.write_text(json.dumps(self.state, indent=2) + "\n")
+        self.state[name] = {"fingerprint": fingerprint, "seconds": round(elapsed, 2), "settings": settings}
+        self._save()
         self.summary.append((name, "ran", elapsed))
+
+    @staticmethod
+    def _load(path) -> dict:
+        if not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            # Each step skips its own complete outputs, so starting over costs no finished work.
+            logger.warning(f"{path} is unreadable; every stage runs again, keeping what is complete")
+            return {}
+
+    def _save(self) -> None:
+        """run_state.json whole or not at all; the digest cache beside it."""
+        tmp = self.layout.state_file.with_name(f".run_state.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.state, indent=2) + "\n")
+        tmp.replace(self.layout.state_file)
+        self.digests.save()

@@ -1,33 +1,41 @@
-"""The stages of `dtm-hf run`, in pipeline order: what each one runs, what its fingerprint records, and when its
-outputs are complete. Adding a stage is adding a function here and its entry in STAGES."""
+"""The stages of `dtm-hf run`, in pipeline order: what each one runs, what it ran with (its recipe section and the
+content of its inputs, earlier stages' outputs included), when its outputs are complete, and which stages' outputs
+it needs. Adding a stage is adding a function here and its entry in STAGES."""
 
 import copy
 import dataclasses
 import json
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from .. import distribute, evaluate, merge, train
-from ..names import ALL, MARKER
+from ..names import ALL, MARKER, MERGE_MARKER
 from .engine import Pipeline
 from .launch import accelerate_launch
+from .push import push_run
+from .recipe import Recipe
+
+# Files of a trained or merged model that do not change what it computes (records, cards, logs).
+RECORDS = ("README.md", MARKER, MERGE_MARKER, "trainer_state.json")
 
 
-def input_signature(path_or_id: str | None) -> list | str | None:
-    """What identifies an input's content cheaply: each local file's size and modification time (a Hub id
-    stands for itself), so that an edited dataset file or a replaced base model re-runs the stages using it."""
-    path = Path(path_or_id or "")
-    if not path_or_id or not path.exists():
-        return path_or_id
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return [(f.relative_to(path).as_posix(), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+def data_complete(p: Pipeline) -> bool:
+    return (p.layout.data_dir / "stats.json").is_file()
+
+
+def data_signature(p: Pipeline) -> str | None:
+    """The distribute output's content: its parquet shards (named by digest) and which row went where."""
+    data = p.layout.data_dir
+    parts = sorted(f.relative_to(data).as_posix() for f in data.glob("*/*.parquet"))
+    return p.digests.signature(data / "clusters.json") + ":" + ",".join(parts) if data_complete(p) else None
 
 
 def stage_distribute(p: Pipeline) -> None:
     args = p.recipe.distribute
-    settings = {"distribute": p.recipe.sections["distribute"], "input": input_signature(args.dataset),
-                "embedding_model": input_signature(args.embedding_model)}
-    p.stage("distribute", settings, lambda: (p.layout.data_dir / "stats.json").is_file(),
-            lambda changed: distribute.main(args))
+    settings = {"distribute": p.recipe.sections["distribute"],
+                "inputs": {"dataset": p.digests.signature(args.dataset),
+                           "embedding_model": p.digests.signature(args.embedding_model)}}
+    p.stage("distribute", settings, lambda: data_complete(p), lambda changed: distribute.main(args))
 
 
 def train_jobs(p: Pipeline) -> dict[str, tuple]:
@@ -42,13 +50,16 @@ def train_jobs(p: Pipeline) -> dict[str, tuple]:
     return jobs
 
 
+def train_complete(p: Pipeline) -> bool:
+    return data_complete(p) and all((p.layout.trained_dir(c) / MARKER).is_file() for c in train_jobs(p))
+
+
 def stage_train(p: Pipeline) -> None:
     dtm_args, _, model_args = p.recipe.train
     settings = {"train": p.recipe.sections["train"], "accelerate_config": p.recipe.accelerate_config,
-                "held_out": dtm_args.held_out, "base_model": input_signature(model_args.model_name_or_path)}
-
-    def complete():
-        return all((p.layout.trained_dir(c) / MARKER).is_file() for c in train_jobs(p))
+                "held_out": dtm_args.held_out,
+                "inputs": {"base_model": p.digests.signature(model_args.model_name_or_path), "data": data_signature(p),
+                           "accelerate_config": p.digests.signature(p.recipe.accelerate_config)}}
 
     def work(changed):
         for cluster, (job_dtm, job_training, job_model) in train_jobs(p).items():
@@ -58,48 +69,83 @@ def stage_train(p: Pipeline) -> None:
             else:
                 train.main(job_dtm, job_training, job_model)
 
-    p.stage("train", settings, complete, work)
+    p.stage("train", settings, lambda: train_complete(p), work)
+
+
+def trained_signatures(p: Pipeline) -> dict[str, str]:
+    return {name: p.digests.signature(folder, skip=RECORDS) for name, folder in p.layout.trained_models().items()}
+
+
+def merge_complete(p: Pipeline) -> bool:
+    return all((p.layout.merged(name) / MERGE_MARKER).is_file() for name in p.recipe.merges)
 
 
 def stage_merge(p: Pipeline) -> None:
     merges = p.recipe.merges
+    subs = {name: sig for name, sig in trained_signatures(p).items() if name != "baseline"}
+    settings = {"merge": p.recipe.sections.get("merge"), "inputs": subs}
 
     def work(changed):
         for args in merges.values():
             merge.main(args)
 
-    p.stage("merge", p.recipe.sections.get("merge"),
-            lambda: all((p.layout.merged(name) / "mergekit_config.yml").is_file() for name in merges), work)
+    p.stage("merge", settings, lambda: merge_complete(p), work)
 
 
-def evaluated_models(p: Pipeline) -> list[str]:
-    models = [f"base={p.recipe.train[2].model_name_or_path}"]
-    models += [f"{name}={path}" for name, path in p.layout.trained_models().items()]
-    models += [f"merged_{name}={p.layout.merged(name)}" for name in p.recipe.merges]
+def evaluated_models(p: Pipeline) -> dict[str, str]:
+    models = {"base": p.recipe.train[2].model_name_or_path}
+    models |= {name: str(path) for name, path in p.layout.trained_models().items()}
+    models |= {f"merged_{name}": str(p.layout.merged(name)) for name in p.recipe.merges}
     return models
 
 
 def stage_evaluate(p: Pipeline) -> None:
-    def work(changed):
-        evaluate.main(dataclasses.replace(p.recipe.evaluate, models=evaluated_models(p)))
+    models = evaluated_models(p)
+    settings = {"evaluate": p.recipe.sections["evaluate"],
+                "inputs": {"data": data_signature(p),
+                           **{name: p.digests.signature(ref, skip=RECORDS) for name, ref in models.items()}}}
 
-    p.stage("evaluate", p.recipe.sections["evaluate"], lambda: (p.layout.eval_dir / "results.json").is_file(), work)
+    def work(changed):
+        evaluate.main(dataclasses.replace(p.recipe.evaluate, models=[f"{n}={ref}" for n, ref in models.items()]))
+
+    p.stage("evaluate", settings, lambda: (p.layout.eval_dir / "results.json").is_file(), work)
 
 
 def stage_push(p: Pipeline) -> None:
-    from .push import push_run
+    settings = {"hub": p.recipe.sections["hub"],
+                "inputs": {"data": data_signature(p), **trained_signatures(p),
+                           **{f"merged_{n}": p.digests.signature(p.layout.merged(n)) for n in p.recipe.merges}}}
+    p.stage("push", settings, lambda: p.layout.pushed_file.is_file(), lambda changed: push_run(p))
 
-    p.stage("push", p.recipe.sections["hub"], lambda: p.layout.pushed_file.is_file(), lambda changed: push_run(p))
+
+@dataclass(frozen=True)
+class Stage:
+    asked: Callable[[Recipe], bool]  # whether the recipe has this stage
+    run: Callable[[Pipeline], None]
+    complete: Callable[[Pipeline], bool]  # its outputs are all there (it may still be out of date)
+    needs: tuple[str, ...] = ()  # the stages whose outputs it reads
 
 
-# Stage -> (whether the recipe asks for it, what runs it), in pipeline order.
 STAGES = {
-    "distribute": (lambda r: r.distribute is not None, stage_distribute),
-    "train": (lambda r: r.train is not None, stage_train),
-    "merge": (lambda r: bool(r.merges), stage_merge),
-    "evaluate": (lambda r: r.evaluate is not None, stage_evaluate),
-    "push": (lambda r: r.hub.push, stage_push),
+    "distribute": Stage(lambda r: r.distribute is not None, stage_distribute, data_complete),
+    "train": Stage(lambda r: r.train is not None, stage_train, train_complete, ("distribute",)),
+    "merge": Stage(lambda r: bool(r.merges), stage_merge, merge_complete, ("train",)),
+    "evaluate": Stage(lambda r: r.evaluate is not None, stage_evaluate,
+                      lambda p: (p.layout.eval_dir / "results.json").is_file(), ("distribute", "train", "merge")),
+    "push": Stage(lambda r: r.hub.push, stage_push, lambda p: p.layout.pushed_file.is_file(),
+                  ("distribute", "train", "merge")),
 }
+
+
+def missing_inputs(p: Pipeline, chosen: list[str]) -> str | None:
+    """The first stage that would run without the outputs of a stage it needs; a message saying what to run."""
+    for name in chosen:
+        for need in STAGES[name].needs:
+            if need in chosen or not STAGES[need].asked(p.recipe) or STAGES[need].complete(p):
+                continue
+            return (f"the {name} stage needs the {need} stage's outputs, which {p.layout.run_dir} does not have yet; "
+                    f"run the {need} stage first (e.g. --stages {need},{name}, or every stage)")
+    return None
 
 
 def summary(p: Pipeline, seconds: float) -> str:
