@@ -21,6 +21,12 @@ def is_hub_id(ref: str) -> bool:
     return not Path(ref).expanduser().exists() and hub_id_problem(ref) is None
 
 
+def display_ref(ref: str) -> str:
+    """How a card names an input: a Hub id as it is, a local path by its folder or file name (a card travels to
+    the Hub, where the paths of the machine that wrote it mean nothing)."""
+    return ref if is_hub_id(ref) else Path(ref).name
+
+
 def local_or_hub(ref: str, what: str, flag: str) -> tuple[str, bool]:
     """(absolute folder, True) for a local folder, (repo id, False) for a Hub id; anything else is one error line
     naming `what` and `flag`."""

@@ -172,6 +172,11 @@ def test_push_whole_run_with_linked_cards(inputs, tmp_path, hub_server):
         assert repo in dataset_card.text
     sub_card = ModelCard.load("tester/dtm-cluster_0")
     assert sub_card.data.datasets == ["tester/dtm-data"] and "config `cluster_0`" in sub_card.text
+    for repo in [r for r in pushed.values() if not r.endswith("-data")]:  # no local path, no placeholder
+        text = hub_server.repo_files(repo)["README.md"].decode()
+        assert str(tmp_path) not in text and "REPO_ID" not in text and "THIS_REPO" not in text, repo
+    baseline_card = ModelCard.load("tester/dtm-baseline").text
+    assert "the all-data baseline" in baseline_card and "meant to be merged" not in baseline_card
     files = hub_server.repo_files("tester/dtm-merged-linear")
     assert "mergekit_config.yml" in files and "model.safetensors" in files
     model = AutoModelForCausalLM.from_pretrained("tester/dtm-merged-linear")

@@ -5,20 +5,20 @@ import json
 from pathlib import Path
 
 from ..hub import push_folder
-from ..names import ALL
+from ..names import ALL, MARKER
+from ..training.card import card as submodel_card
 
 HUB_URL = "https://huggingface.co"
 
 
-def _model_card(folder: Path, *, datasets: list[str], base_model=None, links: str) -> str:
+def _merged_card(folder: Path, *, datasets: list[str], submodels: list[str], links: str) -> str:
+    """The merge's card, its metadata pointing at the pushed sub-models and data."""
     from huggingface_hub import ModelCard
 
-    card = ModelCard.load(folder / "README.md") if (folder / "README.md").is_file() else ModelCard("---\n---\n")
-    card.data.datasets = datasets
-    if base_model is not None:
-        card.data.base_model = base_model
-    card.text = card.text.rstrip() + "\n\n" + links
-    return str(card)
+    merged = ModelCard.load(folder / "README.md")
+    merged.data.datasets, merged.data.base_model, merged.data.base_model_relation = datasets, submodels, "merge"
+    merged.text = merged.text.rstrip() + "\n\n" + links
+    return str(merged)
 
 
 def push_run(p) -> dict:
@@ -44,16 +44,17 @@ def push_run(p) -> dict:
 
     for name, folder in trained.items():
         config = ALL if name == "baseline" else name
-        links = f"## Disperse-Then-Merge run\n\nTrained on {dataset_link(config)}.\n"
-        text = _model_card(folder, datasets=[dataset_id], links=links)
+        marker = {**json.loads((folder / MARKER).read_text()), "hub_model_id": model_ids[name]}
+        text = submodel_card(folder, marker, dataset_id=dataset_id).rstrip()
+        text += f"\n\n## Disperse-Then-Merge run\n\nTrained on {dataset_link(config)}.\n"
         push_folder(folder, model_ids[name], "model", hub.private, f"dtm-hf run: {name}", card=text)
 
     for name, args in p.recipe.merges.items():
         subs = [Path(ref).name for ref, _ in expand(args.submodels)]
         rows = "\n".join(f"- [{model_ids[c]}]({HUB_URL}/{model_ids[c]}), trained on {dataset_link(c)}" for c in subs)
         links = f"## Sub-models\n\n{rows}\n"
-        text = _model_card(layout.merged(name), datasets=[dataset_id], base_model=[model_ids[c] for c in subs],
-                           links=links)
+        text = _merged_card(layout.merged(name), datasets=[dataset_id], submodels=[model_ids[c] for c in subs],
+                            links=links)
         push_folder(layout.merged(name), merge_ids[name], "model", hub.private, f"dtm-hf run: merge {name}", card=text)
 
     pushed = {"dataset": dataset_id, **model_ids, **{f"merged_{n}": i for n, i in merge_ids.items()}}

@@ -6,8 +6,8 @@
 import json
 from pathlib import Path
 
-from ..hub import PAPER, card_text, is_hub_id
-from ..names import MARKER
+from ..hub import PAPER, card_text, display_ref, is_hub_id
+from ..names import ALL, MARKER
 
 TAGS = ["dtm-hf", "trl", "sft", "disperse-then-merge"]
 TRAINING_FIELDS = [
@@ -42,12 +42,18 @@ def adapter_kind(model_args) -> str:
 
 
 def write_card(folder: Path, marker: dict) -> None:
-    """The sub-model's README.md: base model, dataset and config, tags, cluster size, hyper-parameters, loss."""
-    from huggingface_hub import ModelCard, ModelCardData
+    (folder / "README.md").write_text(card(folder, marker))
 
-    kind, base, dataset = marker["adapter"], marker["base_model"], marker["dataset"]
+
+def card(folder: Path, marker: dict, dataset_id: str | None = None) -> str:
+    """The sub-model's README.md: base model, dataset and config, tags, rows, hyper-parameters, loss. Hub ids go in
+    the card's metadata; local inputs are named by their folder name. `dataset_id` names the data's Hub repo when
+    it was pushed apart from the sub-model (`dtm-hf run`); the marker's `hub_model_id` names this repo once pushed."""
+    from huggingface_hub import ModelCardData
+
+    kind, base = marker["adapter"], marker["base_model"]
+    dataset = dataset_id or marker["dataset"]
     tags = TAGS + {"lora": ["lora"], "qlora": ["lora", "qlora"], "full": []}[kind]
-    # The Hub accepts only Hub ids in `base_model` and `datasets`; a local path is named in the text instead.
     on_hub = is_hub_id(base)
     data = ModelCardData(
         base_model=base if on_hub else None,
@@ -61,23 +67,29 @@ def write_card(folder: Path, marker: dict) -> None:
             "full": "A fully fine-tuned model"}[kind]
     params = "\n".join(f"| `{k}` | `{v}` |" for k, v in marker["hyperparameters"].items())
     loss = "n/a" if marker["final_loss"] is None else f"{marker['final_loss']:.4f}"
+    long_rows = ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in (marker.get("long_rows") or {}).items())
+    trained_on = (f"{what} on `{display_ref(base)}`, trained with TRL's `SFTTrainer` by `dtm-hf train` on the "
+                  f"`{marker['dataset_config']}` config of `{display_ref(dataset)}`")
+    if marker["cluster"] == ALL:
+        title = "all: the all-data baseline of a Disperse-Then-Merge run"
+        role = (f"{trained_on}: every row, the vanilla SFT baseline that {PAPER} compares its merged sub-models "
+                "with. It is not merged.")
+    else:
+        title = f"{marker['cluster']}: a Disperse-Then-Merge sub-model"
+        role = f"{trained_on}: one of the sub-models of {PAPER}, meant to be merged with its siblings by `dtm-hf merge`."
     lines = [
-        f"# {marker['cluster']}: a Disperse-Then-Merge sub-model",
-        "",
-        f"{what} on `{base}`, trained with TRL's `SFTTrainer` by `dtm-hf train` on the "
-        f"`{marker['dataset_config']}` portion of `{dataset}`: one of the sub-models of {PAPER}, meant to be "
-        "merged with its siblings by `dtm-hf merge`.",
-        "",
+        f"# {title}", "", role, "",
         "| | |",
         "|---|---|",
         f"| cluster | `{marker['cluster']}` |",
-        f"| rows in the cluster | {marker['cluster_rows']} |",
+        f"| rows in the config | {marker['cluster_rows']} |",
         f"| rows held out for evaluation | {marker['held_out_rows']} |",
         f"| rows trained on | {marker['train_rows']} |",
+        *([f"| rows too long for max_length | {long_rows} |"] if long_rows else []),
         f"| optimizer steps | {marker['global_step']} |",
         f"| final training loss | {loss} |",
         "",
-        "The loss covers the assistant reply and its end-of-sequence token only.",
+        "The loss covers the assistant reply and the token that ends its turn only.",
         "",
         "## Hyper-parameters",
         "",
@@ -86,11 +98,14 @@ def write_card(folder: Path, marker: dict) -> None:
         params,
     ]
     if kind != "full":
+        here = marker.get("hub_model_id") or str(folder)
         lines += ["", "## Use", "", "```python", "from peft import PeftModel",
                   "from transformers import AutoModelForCausalLM", "",
-                  f'base = AutoModelForCausalLM.from_pretrained("{base}")',
-                  'model = PeftModel.from_pretrained(base, "THIS_REPO_OR_FOLDER")', "```"]
-    ModelCard(card_text(data, "\n".join(lines))).save(folder / "README.md")
+                  f'base = AutoModelForCausalLM.from_pretrained("{display_ref(base)}")',
+                  f'model = PeftModel.from_pretrained(base, "{here}")', "```"]
+        if not on_hub:
+            lines += ["", f"`{display_ref(base)}` is the local base model this adapter was trained on."]
+    return card_text(data, "\n".join(lines))
 
 
 def write_marker(folder: Path, marker: dict) -> None:

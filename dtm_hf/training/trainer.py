@@ -102,12 +102,13 @@ def train_one(run: Run, tokenizer, base: str, dtm_args, training_args, model_arg
 def push(run: Run, training_args) -> None:
     """Upload a complete sub-model to its repo and record the repo in its marker."""
     from ..hub import push_folder
-    from .card import write_marker
+    from .card import write_card, write_marker
 
     if not is_main_process():
         return
-    marker = json.loads((run.folder / MARKER).read_text())
+    marker = {**json.loads((run.folder / MARKER).read_text()), "hub_model_id": run.hub_repo}
+    write_card(run.folder, marker)  # the card names the repo; the marker does once the upload succeeded
     url = push_folder(run.folder, run.hub_repo, "model", training_args.hub_private_repo or False,
                       f"dtm-hf train: {run.name} sub-model")
-    write_marker(run.folder, {**marker, "hub_model_id": run.hub_repo})
+    write_marker(run.folder, marker)
     logger.info(f"[{run.name}] pushed to {url}")
