@@ -54,15 +54,26 @@ def read_yaml(path: str, what: str) -> dict:
     return values
 
 
+# Keys users bring from TRL, transformers or older recipes, and what to write instead.
+HINTS = {
+    "dataset_name": "dtm-hf's key is `dataset`",
+    "max_seq_length": "TRL renamed it `max_length`",
+    "evaluation_strategy": "transformers renamed it `eval_strategy`",
+    "torch_dtype": "transformers renamed it `dtype`",
+    "no_cuda": "transformers replaced it with `use_cpu`",
+}
+
+
 def parse_values(parser, values: dict, argv: Sequence[str], origin: str | None = None) -> tuple:
     """`values` (a config file's or a recipe section's keys, from `origin`) as the parser's defaults, then the flags
     in `argv` over them, into the parser's dataclasses, which check themselves. Unknown keys or flags raise
     DtmError."""
     unknown = parser.set_defaults_with_config(**values)
     if unknown:
-        keys = ", ".join(repr(k[2:]) for k in unknown[::2])
-        raise DtmError(f"unknown key(s) {keys}{f' in {origin}' if origin else ''}; the keys are the flags of "
-                       f"`{parser.prog} --help`")
+        keys = [k[2:] for k in unknown[::2]]
+        hints = "".join(f" ({key}: {HINTS[key]})" for key in keys if key in HINTS)
+        raise DtmError(f"unknown key(s) {', '.join(map(repr, keys))}{f' in {origin}' if origin else ''}{hints}; the "
+                       f"keys are the flags of `{parser.prog} --help`")
     return _flags(parser, list(argv))
 
 

@@ -32,6 +32,8 @@ class DistributeArguments(Arguments):
                                                           "Hub dataset id."})
     dataset_config: str | None = field(default=None, metadata={"help": "The Hub dataset's config name, if any."})
     split: str = field(default="train", metadata={"help": "The split to read."})
+    columns: str | None = field(default=None, metadata={
+        "help": "Rename input columns onto a known format's, e.g. question=instruction,answer=output (Alpaca)."})
     format: str = field(default="auto", metadata={
         "help": "Row format: auto (detect from the columns), messages, sharegpt, alpaca or prompt_completion.",
         "choices": ["auto", *FORMAT_COLUMNS]})
@@ -86,7 +88,7 @@ def distribute(args: DistributeArguments) -> Path:
     output = check_output_dir(args.output_dir, args.overwrite)
     timings = {}
     start = time.perf_counter()
-    data = load_input(args.dataset, args.dataset_config, args.split, args.max_samples)
+    data = load_input(args.dataset, args.dataset_config, args.split, args.max_samples, args.columns)
     fmt = detect_format(data.column_names, args.format)
     input_rows = len(data)
     timings["load"] = time.perf_counter() - start

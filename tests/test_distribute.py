@@ -144,6 +144,44 @@ def test_other_formats_and_file_kinds(rows, suffix, tmp_path):
     assert "source" not in everything.column_names
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_csv_and_tsv_with_a_column_mapping(suffix, tmp_path, capsys):
+    import csv
+
+    path = tmp_path / f"qa{suffix}"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f, delimiter="\t" if suffix == ".tsv" else ",")
+        writer.writerow(["question", "answer", "topic"])
+        for i in range(6):
+            writer.writerow([f"What is {i}, plus one?", f"It is {i + 1}.", "math" if i % 2 else "count"])
+    out = tmp_path / "out"
+    assert distribute("--dataset", path, "--n_clusters", 2, "--output_dir", tmp_path / "never") == 2
+    assert "unknown data format: the columns are ['answer', 'question', 'topic']" in one_error_line(capsys, "distribute")
+    assert distribute("--dataset", path, "--columns", "question=instruction,answer=output", "--source_column", "topic",
+                      "--method", "source", "--output_dir", out) == 0
+    everything = load_config(out, "all")
+    assert everything["messages"][1] == [{"role": "user", "content": "What is 1, plus one?"},
+                                         {"role": "assistant", "content": "It is 2."}]
+    assert json.loads((out / "stats.json").read_text())["format"] == "alpaca"
+    assert set(load_config(out, "cluster_0")["source"]) == {"count"}
+
+    for columns, expected in (("query=instruction", "--columns names ['query'], which the data does not have"),
+                              ("question", "--columns takes INPUT=FORMAT pairs"),
+                              ("question=answer", "--columns would rename onto ['answer']")):
+        assert distribute("--dataset", path, "--columns", columns, "--n_clusters", 2,
+                          "--output_dir", tmp_path / "never") == 2
+        assert expected in one_error_line(capsys, "distribute")
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_trl_key_gets_a_hint(demo_jsonl, tmp_path, capsys):
+    config = tmp_path / "trl.yaml"
+    config.write_text(yaml.safe_dump({"dataset_name": str(demo_jsonl), "n_clusters": 2}))
+    assert distribute("--config", config, "--output_dir", tmp_path / "out") == 2
+    assert "unknown key(s) 'dataset_name'" in (line := one_error_line(capsys, "distribute"))
+    assert "(dataset_name: dtm-hf's key is `dataset`)" in line
+
+
 def test_folder_input_and_skipped_rows_counted(tmp_path):
     good = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
             for i in range(4)]

@@ -434,3 +434,18 @@ def test_yaml_config_file(setup, tmp_path):
     assert merge("--config", recipe) == 0
     config = yaml.safe_load((tmp_path / "out" / "mergekit_config.yml").read_text())
     assert [m["parameters"]["weight"] for m in config["models"]] == [0.25, 0.25, 0.5]
+
+
+def test_training_root_takes_only_completed_single_clusters(setup, tmp_path, capsys):
+    root = tmp_path / "root"
+    shutil.copytree(setup["train"], root)
+    shutil.copytree(root / "cluster_0", root / "cluster_0+cluster_1")  # a union, marker and all
+    shutil.copytree(root / "cluster_1", root / "merged-adapter")  # an adapter `dtm-hf train` did not write
+    (root / "merged-adapter" / "dtm_train.json").unlink()
+    out = tmp_path / "out"
+    assert merge("--submodels", root, "--output_dir", out) == 0
+    said = capsys.readouterr().out
+    config = yaml.safe_load((out / "mergekit_config.yml").read_text())
+    assert [m["model"].rsplit("/", 1)[1] for m in config["models"]] == ["cluster_0", "cluster_1", "cluster_2"]
+    assert "Skipping cluster_0+cluster_1" in said and "a union of clusters" in said
+    assert "Skipping merged-adapter" in said and "did not complete it" in said

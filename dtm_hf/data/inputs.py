@@ -6,34 +6,61 @@ from pathlib import Path
 from ..errors import DtmError, first_line
 from .formats import SKIP_REASONS, reduce_row
 
-DATA_EXTENSIONS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+# File kind -> the `datasets` builder and its options.
+DATA_EXTENSIONS = {".jsonl": ("json", {}), ".json": ("json", {}), ".parquet": ("parquet", {}),
+                   ".csv": ("csv", {}), ".tsv": ("csv", {"delimiter": "\t"})}
+KINDS = ", ".join(DATA_EXTENSIONS)
 
 
-def _local_files(path: Path) -> tuple[str, list[str]]:
+def _local_files(path: Path) -> tuple[str, dict, list[str]]:
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in DATA_EXTENSIONS)
-    builders = {DATA_EXTENSIONS.get(p.suffix) for p in files}
-    if not files or None in builders:
-        raise DtmError(f"{path} is not a .jsonl, .json or .parquet file, nor a folder of them")
-    if len(builders) > 1:
-        raise DtmError(f"{path} mixes JSON and parquet files; keep one kind per input")
-    return builders.pop(), [str(p) for p in files]
+    if not files or any(p.suffix not in DATA_EXTENSIONS for p in files):
+        raise DtmError(f"{path} is not a {KINDS} file, nor a folder of them")
+    kinds = {p.suffix.replace(".jsonl", ".json") for p in files}
+    if len(kinds) > 1:
+        raise DtmError(f"{path} mixes {', '.join(sorted(kinds))} files; keep one kind per input")
+    builder, options = DATA_EXTENSIONS[files[0].suffix]
+    return builder, options, [str(p) for p in files]
 
 
-def load_input(dataset: str, config: str | None, split: str, max_samples: int | None):
-    """The input rows as a (memory-mapped) datasets.Dataset."""
+def parse_columns(text: str | None) -> dict[str, str]:
+    """`question=instruction,answer=output` as {input column: the known format's column}."""
+    mapping = {}
+    for pair in (text or "").split(","):
+        source, sep, target = (part.strip() for part in pair.partition("="))
+        if not pair.strip():
+            continue
+        if not sep or not source or not target:
+            raise DtmError(f"--columns takes INPUT=FORMAT pairs such as question=instruction,answer=output; got {pair!r}")
+        mapping[source] = target
+    return mapping
+
+
+def load_input(dataset: str, config: str | None, split: str, max_samples: int | None, columns: str | None = None):
+    """The input rows as a (memory-mapped) datasets.Dataset, with `columns` renamed onto a known format's names."""
     from datasets import load_dataset
 
     path = Path(dataset).expanduser()
     try:
         if path.exists():
-            builder, files = _local_files(path)
-            data = load_dataset(builder, data_files=files, split="train")
+            builder, options, files = _local_files(path)
+            data = load_dataset(builder, data_files=files, split="train", **options)
         else:
             data = load_dataset(dataset, name=config, split=split)
     except DtmError:
         raise
     except Exception as err:  # noqa: BLE001 - any loader failure is the user's input; say which and why
         raise DtmError(f"cannot read the dataset {dataset!r}: {first_line(err)}") from err
+    mapping = parse_columns(columns)
+    missing = [c for c in mapping if c not in data.column_names]
+    if missing:
+        raise DtmError(f"--columns names {missing}, which the data does not have; its columns are "
+                       f"{sorted(data.column_names)}")
+    clashes = [t for s, t in mapping.items() if t in data.column_names and t not in mapping]
+    if clashes:
+        raise DtmError(f"--columns would rename onto {clashes}, which the data already has; map those too or drop them")
+    if mapping:
+        data = data.rename_columns(mapping)
     if max_samples is not None:
         data = data.select(range(min(max_samples, len(data))))
     return data

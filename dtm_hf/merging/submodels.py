@@ -7,6 +7,7 @@ Everything here reads metadata only (JSON files and safetensors headers), so it 
 """
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from ..names import MARKER as TRAIN_MARKER
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+logger = logging.getLogger(__name__)
 PEFT_PREFIX = "base_model.model."
 BASE_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
 
@@ -125,12 +127,7 @@ def expand(refs: list[str]) -> list[tuple[str, Path]]:
             if (path / ADAPTER_CONFIG).is_file() or (path / TRAIN_MARKER).is_file():
                 found.append((str(path), path))
                 continue
-            clusters = sorted((p for p in path.iterdir() if p.is_dir() and p.name != BASELINE
-                               and ((p / ADAPTER_CONFIG).is_file() or (p / TRAIN_MARKER).is_file())), key=_natural_key)
-            if not clusters:
-                raise DtmError(f"{path} is neither a sub-model folder (no {ADAPTER_CONFIG}) nor a training output root "
-                               "(no sub-model folders in it); pass folders written by `dtm-hf train`")
-            found += [(str(p), p) for p in clusters]
+            found += [(str(p), p) for p in _root_clusters(path)]
         elif path.exists():
             raise DtmError(f"sub-model {ref} is a file; pass a sub-model folder, a training output root or a Hub id")
         elif hub_id_problem(ref) is None:
@@ -139,6 +136,30 @@ def expand(refs: list[str]) -> list[tuple[str, Path]]:
             raise DtmError(f"sub-model {ref} does not exist; pass a sub-model folder, a training output root or a "
                            "Hub repo id")
     return found
+
+
+def _root_clusters(root: Path) -> list[Path]:
+    """A training output root's sub-models: the folders `dtm-hf train` completed for single clusters, in order. The
+    all-data baseline is left out; so are unions (mergekit reads `+` as model+adapter) and unfinished or foreign
+    folders, each with a note."""
+    clusters = []
+    for folder in sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=_natural_key):
+        if folder.name == BASELINE:
+            continue
+        if not (folder / TRAIN_MARKER).is_file():
+            if (folder / ADAPTER_CONFIG).is_file():
+                logger.info(f"Skipping {folder.name} in {root}: no {TRAIN_MARKER}, so `dtm-hf train` did not complete "
+                            "it; pass it on its own to merge it anyway")
+            continue
+        if "+" in folder.name:
+            logger.info(f"Skipping {folder.name} in {root}: a union of clusters, which mergekit cannot name "
+                        "(it reads '+' as model+adapter); rename it and pass it on its own to merge it")
+            continue
+        clusters.append(folder)
+    if not clusters:
+        raise DtmError(f"{root} is neither a sub-model folder (no {ADAPTER_CONFIG}) nor a training output root (no "
+                       f"folder with {TRAIN_MARKER} in it); pass folders written by `dtm-hf train`")
+    return clusters
 
 
 def read(ref: str, path: Path) -> SubModel:
