@@ -32,12 +32,24 @@ class RunArguments(Arguments):
     stages: str = field(default=",".join(STAGES), metadata={
         "help": "Comma-separated stages to run; they always run in pipeline order."})
     overwrite: bool = field(default=False, metadata={"help": "Re-run every stage even when its outputs are current."})
+    parallel_submodels: int | None = field(default=None, metadata={
+        "help": "Sub-model trainings at the same time, each a process of its own (default: the recipe's, else 1: one "
+                "after another in this process)."})
+    gpus_per_submodel: int | None = field(default=None, metadata={
+        "help": "GPUs per training (default: the recipe's, else the visible GPUs divided by parallel_submodels)."})
+    only: str | None = field(default=None, metadata={
+        "help": "Train only this sub-model (cluster_2; `all` for the baseline): one job per node on a cluster, e.g. a "
+                "SLURM array; with --stages train."})
 
     def __post_init__(self):
         super().__post_init__()
         bad = [s for s in self.stage_list if s not in STAGES]
         if bad:
             raise DtmError(f"unknown stage(s) {bad}; the stages are {', '.join(STAGES)}")
+        self.in_range("parallel_submodels", self.parallel_submodels, 1)
+        self.in_range("gpus_per_submodel", self.gpus_per_submodel, 1)
+        if self.only and self.stage_list != ["train"]:
+            raise DtmError("--only trains one sub-model: use it with --stages train")
 
     @property
     def stage_list(self) -> list[str]:
@@ -55,10 +67,10 @@ def run(args: RunArguments) -> Path:
 
     layout = RunLayout(Path(args.run_dir or (DEMO_DIR if args.config is None else RUN_DIR)).absolute())
     sections = load_recipe(args.config, layout)
-    recipe = parse_recipe(sections, layout, args.stage_list)
+    recipe = parse_recipe(sections, layout, args.stage_list, args.parallel_submodels, args.gpus_per_submodel)
     if recipe.hub.push and "push" in args.stage_list:
         require_push_target(True, recipe.hub.namespace, "hub.namespace")  # the token, before hours of training
-    pipeline = Pipeline(recipe, layout, args.overwrite)
+    pipeline = Pipeline(recipe, layout, args.overwrite, args.only)
     chosen = [name for name, stage in STAGES.items() if name in args.stage_list and stage.asked(recipe)]
     if problem := missing_inputs(pipeline, chosen):
         raise DtmError(problem)

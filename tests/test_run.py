@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 from cli_helpers import dtm, one_error_line
+from run_helpers import recipe, write_recipe
 
 import dtm_hf.distribute
 import dtm_hf.evaluate
@@ -24,32 +25,6 @@ def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("run_inputs")
     texts = demo_texts(50)
     return write_demo_jsonl(root / "demo.jsonl", n_per_skill=12), save_tiny_llama(root / "tiny", texts)
-
-
-def recipe(inputs, **changes) -> dict:
-    data, model = inputs
-    base = {
-        "distribute": {"dataset": str(data), "n_clusters": 2, "method": "random", "seed": 1},
-        "train": {"model_name_or_path": str(model), "baseline": True, "use_peft": True, "lora_r": 4,
-                  "lora_alpha": 8, "lora_target_modules": ["gate_proj", "up_proj", "down_proj"], "max_steps": 2,
-                  "per_device_train_batch_size": 8, "max_length": 96, "use_cpu": True, "bf16": False,
-                  "dtype": "float32", "activation_checkpointing": False, "save_strategy": "no", "report_to": "none",
-                  "learning_rate": 1e-2},
-        "merge": [{"method": "linear", "output_dir": "linear", "dtype": "float32"},
-                  {"method": "ties", "density": 0.5, "output_dir": "ties", "dtype": "float32"}],
-        "evaluate": {"held_out": 0.2, "batch_size": 16, "max_length": 96},
-    }
-    for section, values in changes.items():
-        if isinstance(values, dict) and isinstance(base.get(section), dict):
-            base[section] = {**base[section], **values}
-        else:
-            base[section] = values
-    return base
-
-
-def write_recipe(path, content):
-    path.write_text(yaml.safe_dump(content))
-    return path
 
 
 @pytest.fixture
@@ -148,7 +123,9 @@ def test_training_through_accelerate_with_two_processes(inputs, tmp_path):
     for cluster in ("cluster_0", "cluster_1"):
         marker = json.loads((run_dir / "submodels" / cluster / "dtm_train.json").read_text())
         assert marker["hyperparameters"]["effective_batch_size"] == 4 * 2  # per device x 2 processes
-    assert (run_dir / "train_cluster_1.yaml").is_file()
+    assert (run_dir / "logs" / "train-cluster_1.yaml").is_file()
+    log = (run_dir / "logs" / "train-cluster_1.log").read_text()
+    assert "accelerate.commands.launch --config_file" in log and "finished: exit code 0" in log
 
 
 @pytest.mark.slow

@@ -17,8 +17,9 @@ logger = logging.getLogger(__name__)
 
 
 class Pipeline:
-    def __init__(self, recipe: Recipe, layout: RunLayout, overwrite: bool):
+    def __init__(self, recipe: Recipe, layout: RunLayout, overwrite: bool, only: str | None = None):
         self.recipe, self.layout, self.overwrite = recipe, layout, overwrite
+        self.only = only  # one sub-model to train (one job of a cluster's array); its stage is not recorded
         self.state = self._load(layout.state_file)
         self.digests = Digests(layout.run_dir / ".digests.json")
         self.summary: list[tuple[str, str, float]] = []

@@ -1,29 +1,38 @@
-"""Training a sub-model in processes of its own: `accelerate launch -m dtm_hf.train` on the resolved recipe
-section, for recipes that name an `accelerate_config` (several GPUs, FSDP, DeepSpeed)."""
+"""The command that trains one sub-model in processes of its own: `python -m dtm_hf.train`, or `accelerate launch
+-m dtm_hf.train` with the recipe's `accelerate_config` (or several GPUs of a job's slice), on the recipe's train
+section resolved for this run. The child reads that section from the one file it needs, beside its log."""
 
-import logging
-import subprocess
 import sys
+from pathlib import Path
 
 import yaml
 
-from ..errors import DtmError
-
-logger = logging.getLogger(__name__)
+from .jobs import Slot, slot_env
 
 
-def accelerate_launch(p, cluster: str, job: tuple) -> None:
-    """Train `cluster` under `accelerate launch` with the recipe's config. The child reads the train section with
-    this run's paths filled in, from the one file it needs."""
+def job_recipe(p, cluster: str, job: tuple, folder: Path) -> Path:
+    """The train section with this run's paths and this job's cluster filled in."""
     dtm_args, training_args, _ = job
     values = {**p.recipe.sections["train"], "dataset": dtm_args.dataset, "cluster": cluster, "baseline": False,
               "held_out": dtm_args.held_out, "overwrite": dtm_args.overwrite, "push_to_hub": False,
               "output_dir": training_args.output_dir}
-    recipe_file = p.layout.run_dir / f"train_{cluster}.yaml"
-    recipe_file.write_text(yaml.safe_dump(values))
+    path = folder / f"train-{cluster}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def train_command(p, cluster: str, job: tuple, slot: Slot) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of the job that trains `cluster` in `slot`."""
+    recipe = job_recipe(p, cluster, job, p.layout.logs_dir)
+    train = ["-m", "dtm_hf.train", "--config", str(recipe)]
     # This interpreter's accelerate, so that the run works without the environment's bin/ on PATH.
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", p.recipe.accelerate_config,
-               "-m", "dtm_hf.train", "--config", str(recipe_file)]
-    logger.info("$ " + " ".join(command))
-    if subprocess.run(command).returncode:
-        raise DtmError(f"training {cluster} under accelerate failed; see the log above")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(slot.port)]
+    if slot.devices is not None:
+        launch += ["--num_processes", str(len(slot.devices))]
+    if p.recipe.accelerate_config:
+        argv = [*launch[:3], "--config_file", p.recipe.accelerate_config, *launch[3:], *train]
+    elif slot.devices is not None and len(slot.devices) > 1:
+        argv = [*launch, "--multi_gpu", *train]
+    else:
+        argv = [sys.executable, *train]
+    return argv, slot_env(slot)

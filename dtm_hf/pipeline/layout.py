@@ -1,6 +1,6 @@
 """The run folder of `dtm-hf run`: where each stage writes, and how the stages find each other's outputs.
 
-    data/  submodels/<cluster>/  baseline/all/  merged/<name>/  eval/  recipe.yaml  run_state.json
+    data/  submodels/<cluster>/  baseline/all/  merged/<name>/  eval/  logs/  recipe.yaml  run_state.json
 """
 
 import json
@@ -19,6 +19,7 @@ class RunLayout:
     baseline_dir = property(lambda self: self.run_dir / "baseline")
     merged_dir = property(lambda self: self.run_dir / "merged")
     eval_dir = property(lambda self: self.run_dir / "eval")
+    logs_dir = property(lambda self: self.run_dir / "logs")
     state_file = property(lambda self: self.run_dir / "run_state.json")
     recipe_file = property(lambda self: self.run_dir / "recipe.yaml")
     pushed_file = property(lambda self: self.run_dir / "pushed.json")

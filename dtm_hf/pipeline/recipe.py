@@ -15,7 +15,8 @@ from ..evaluate import EvaluateArguments
 from ..names import ALL, cluster_names
 from .layout import RunLayout
 
-SECTIONS = ("distribute", "train", "merge", "evaluate", "hub", "accelerate_config")
+SECTIONS = ("distribute", "train", "merge", "evaluate", "hub", "accelerate_config", "parallel_submodels",
+            "gpus_per_submodel")
 
 
 @dataclass
@@ -42,6 +43,8 @@ class Recipe:
     evaluate: EvaluateArguments | None = None
     hub: HubSettings = field(default_factory=HubSettings)
     accelerate_config: str | None = None
+    parallel_submodels: int = 1  # sub-model trainings at the same time
+    gpus_per_submodel: int | None = None  # GPUs per training (default: the visible GPUs divided evenly)
 
 
 def load_recipe(path: str | None, layout: RunLayout) -> dict:
@@ -78,11 +81,26 @@ def merge_name(section: dict) -> str:
     return Path(section.get("output_dir") or section.get("method") or merge.MergeArguments.method).name
 
 
-def parse_recipe(sections: dict, layout: RunLayout, stages: list[str]) -> Recipe:
+def _count(value, name: str, flag: int | None):
+    """A positive count from the run's flag, else the recipe's key."""
+    value = flag if flag is not None else value
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise DtmError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def parse_recipe(sections: dict, layout: RunLayout, stages: list[str], parallel: int | None = None,
+                 gpus: int | None = None) -> Recipe:
+    """The recipe's sections parsed; `parallel` and `gpus` (the run's flags) override the recipe's keys."""
     for name in ("distribute", "train"):
         if name in stages and not isinstance(sections.get(name), dict):
             raise DtmError(f"the recipe has no {name!r} section, which the {name} stage needs")
-    recipe = Recipe(sections=sections, accelerate_config=sections.get("accelerate_config"))
+    recipe = Recipe(sections=sections, accelerate_config=sections.get("accelerate_config"),
+                    parallel_submodels=_count(sections.get("parallel_submodels"), "parallel_submodels", parallel) or 1,
+                    gpus_per_submodel=_count(sections.get("gpus_per_submodel"), "gpus_per_submodel", gpus))
+    if recipe.accelerate_config and not Path(recipe.accelerate_config).is_file():
+        raise DtmError(f"accelerate_config {recipe.accelerate_config} does not exist; give an accelerate config file "
+                       "(see recipes/accelerate_configs/)")
     data = str(layout.data_dir)
     if (values := _section(sections, "distribute", dict)) is not None:
         (recipe.distribute,) = parse_section(distribute, values, {"output_dir": data, "overwrite": True,

@@ -5,16 +5,20 @@ it needs. Adding a stage is adding a function here and its entry in STAGES."""
 import copy
 import dataclasses
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import distribute, evaluate, merge, train
+from ..errors import DtmError
 from ..names import ALL, MARKER, MERGE_MARKER
 from .engine import Pipeline
-from .launch import accelerate_launch
+from .jobs import make_slots, run_jobs
+from .launch import train_command
 from .push import push_run
 from .recipe import Recipe
 
+logger = logging.getLogger(__name__)
 # Files of a trained or merged model that do not change what it computes (records, cards, logs).
 RECORDS = ("README.md", MARKER, MERGE_MARKER, "trainer_state.json")
 
@@ -54,22 +58,38 @@ def train_complete(p: Pipeline) -> bool:
     return data_complete(p) and all((p.layout.trained_dir(c) / MARKER).is_file() for c in train_jobs(p))
 
 
+def train_all(p: Pipeline, jobs: dict[str, tuple], changed: bool) -> None:
+    """Train `jobs` (cluster -> dataclasses): in this process one after another, or as processes of their own when
+    the recipe trains several at a time or through accelerate. A finished sub-model is skipped unless `changed`."""
+    jobs = {c: (dataclasses.replace(d, overwrite=changed), t, m) for c, (d, t, m) in jobs.items()}
+    if p.recipe.parallel_submodels == 1 and not p.recipe.accelerate_config:
+        for job in jobs.values():
+            train.main(*job)
+        return
+    todo = [c for c in jobs if changed or not (p.layout.trained_dir(c) / MARKER).is_file()]
+    slots = make_slots(p.recipe.parallel_submodels, p.recipe.gpus_per_submodel, jobs[next(iter(jobs))][1].use_cpu)
+    logger.info(f"[train] {len(todo)} sub-model(s), {len(slots)} at a time; logs in {p.layout.logs_dir}")
+    failed = run_jobs(todo, slots, p.layout.logs_dir, lambda c, slot, _: train_command(p, c, jobs[c], slot))
+    if failed:
+        logs = ", ".join(str(p.layout.logs_dir / f"train-{c}.log") for c in failed)
+        raise DtmError(f"training failed for {', '.join(failed)} ({len(todo) - len(failed)} of {len(todo)} finished); "
+                       f"see {logs}; rerun to train what is missing")
+
+
 def stage_train(p: Pipeline) -> None:
     dtm_args, _, model_args = p.recipe.train
+    jobs = train_jobs(p)
+    if p.only:
+        if p.only not in jobs:
+            raise DtmError(f"--only {p.only}: the recipe trains {', '.join(jobs)}")
+        logger.info(f"[train] {p.only} only (--only); the stage is recorded by a run of every sub-model")
+        train_all(p, {p.only: jobs[p.only]}, changed=False)
+        return
     settings = {"train": p.recipe.sections["train"], "accelerate_config": p.recipe.accelerate_config,
                 "held_out": dtm_args.held_out,
                 "inputs": {"base_model": p.digests.signature(model_args.model_name_or_path), "data": data_signature(p),
                            "accelerate_config": p.digests.signature(p.recipe.accelerate_config)}}
-
-    def work(changed):
-        for cluster, (job_dtm, job_training, job_model) in train_jobs(p).items():
-            job_dtm = dataclasses.replace(job_dtm, overwrite=changed)
-            if p.recipe.accelerate_config:
-                accelerate_launch(p, cluster, (job_dtm, job_training, job_model))
-            else:
-                train.main(job_dtm, job_training, job_model)
-
-    p.stage("train", settings, lambda: train_complete(p), work)
+    p.stage("train", settings, lambda: train_complete(p), lambda changed: train_all(p, jobs, changed))
 
 
 def trained_signatures(p: Pipeline) -> dict[str, str]:

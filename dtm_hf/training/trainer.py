@@ -4,6 +4,7 @@ upload to the Hub."""
 import copy
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from ..names import MARKER
 from .plan import Run
 
 logger = logging.getLogger(__name__)
+PROGRESS_FILE = "DTM_PROGRESS_FILE"
 
 
 def build_trainer(run: Run, tokenizer, base: str, training_args, model_args):
@@ -40,8 +42,27 @@ def build_trainer(run: Run, tokenizer, base: str, training_args, model_args):
     args.assistant_only_loss, args.completion_only_loss, args.chat_template_path = False, None, None
     args.model_init_kwargs = {"revision": model_args.model_revision, "attn_implementation": model_args.attn_implementation,
                               "dtype": model_args.dtype, **(training_args.model_init_kwargs or {})}
-    return SFTTrainer(model=base, args=args, train_dataset=data, processing_class=tokenizer,
-                      peft_config=get_peft_config(model_args), quantization_config=get_quantization_config(model_args))
+    trainer = SFTTrainer(model=base, args=args, train_dataset=data, processing_class=tokenizer,
+                         peft_config=get_peft_config(model_args), quantization_config=get_quantization_config(model_args))
+    if os.environ.get(PROGRESS_FILE):  # `dtm-hf run` draws a progress line per job from it
+        trainer.add_callback(progress_callback(Path(os.environ[PROGRESS_FILE])))
+    return trainer
+
+
+def progress_callback(path: Path):
+    """A TrainerCallback that keeps `path` at {"step", "max_steps"} (written whole, main process only)."""
+    from transformers import TrainerCallback
+
+    class ProgressFile(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                tmp = path.with_name(path.name + ".tmp")
+                tmp.write_text(json.dumps({"step": state.global_step, "max_steps": state.max_steps}))
+                tmp.replace(path)
+
+        on_train_begin = on_step_end
+
+    return ProgressFile()
 
 
 def final_loss(log_history: list[dict], mean_loss: float | None) -> float | None:
