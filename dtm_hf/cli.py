@@ -10,6 +10,7 @@ them, and an unknown key is an error. Each subcommand is also `python -m dtm_hf.
 """
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -53,6 +54,15 @@ def read_yaml(path: str, what: str) -> dict:
         raise DtmError(f"the {what} {path} must be a YAML mapping of keys to values")
     return values
 
+
+# Failures of the machine rather than of dtm-hf: one line each, with what to do.
+KNOWN_OS_ERRORS = {
+    errno.ENOSPC: "no space left on device{where}; free space and rerun (finished work is kept)",
+    errno.EDQUOT: "disk quota exceeded{where}; free space and rerun (finished work is kept)",
+    errno.EROFS: "read-only file system{where}; choose a writable output folder",
+    errno.EACCES: "permission denied{where}; choose a folder you can write to",
+    errno.EIO: "input/output error{where} (a failing disk or network file system?); check it and rerun",
+}
 
 # Keys users bring from TRL, transformers or older recipes, and what to write instead.
 HINTS = {
@@ -124,6 +134,15 @@ def run_command(make_parser: Callable, main: Callable, argv: Sequence[str] | Non
         return main(*parse(parser, argv))
     except DtmError as err:
         sys.exit(_error(parser.prog, str(err)))
+    except KeyboardInterrupt:
+        print(file=sys.stderr)  # off the line a progress bar was drawing
+        _error(parser.prog, "interrupted; rerun the same command to resume (finished work is kept)")
+        sys.exit(130)
+    except OSError as err:
+        if err.errno not in KNOWN_OS_ERRORS:
+            raise  # our bug, or one we have not met: its traceback says where
+        where = f" at {err.filename}" if err.filename else ""
+        sys.exit(_error(parser.prog, KNOWN_OS_ERRORS[err.errno].format(where=where)))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

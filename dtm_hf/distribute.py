@@ -138,7 +138,10 @@ def distribute(args: DistributeArguments) -> Path:
 
 
 def main(args: DistributeArguments) -> Path:
-    return distribute(args)
+    from .outputs import output_lock
+
+    with output_lock(args.output_dir):  # one writer at a time
+        return distribute(args)
 
 
 def make_parser(prog: str | None = None):

@@ -120,7 +120,10 @@ def evaluate(args: EvaluateArguments) -> Path:
 
 
 def main(args: EvaluateArguments) -> Path:
-    return evaluate(args)
+    from .outputs import output_lock
+
+    with output_lock(args.output_dir):  # one writer at a time
+        return evaluate(args)
 
 
 def make_parser(prog: str | None = None):

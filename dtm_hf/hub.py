@@ -40,9 +40,11 @@ def local_or_hub(ref: str, what: str, flag: str) -> tuple[str, bool]:
     return ref, False
 
 
-def require_push_target(push_to_hub: bool, repo_id: str | None, flag: str, placeholder: str | None = None) -> None:
-    """Fail before any work when a push is asked for without a valid repo id or without a token. `placeholder`
-    (such as `{cluster}`) may appear in the id; it is checked with a sample value in its place."""
+def require_push_target(push_to_hub: bool, repo_id: str | None, flag: str, placeholder: str | None = None,
+                        token: str | None = None) -> None:
+    """Fail before any work when a push is asked for without a valid repo id or without a token (`token`, else the
+    environment's or the login's). `placeholder` (such as `{cluster}`) may appear in the id; it is checked with a
+    sample value in its place."""
     if not push_to_hub:
         return
     if not repo_id:
@@ -52,8 +54,17 @@ def require_push_target(push_to_hub: bool, repo_id: str | None, flag: str, place
         raise DtmError(f"{flag} {repo_id!r} is not a valid Hub repo id: {problem}")
     from huggingface_hub import get_token
 
-    if not get_token():
+    if not (token or get_token()):
         raise DtmError("--push_to_hub needs a Hub token: run `hf auth login` or set HF_TOKEN")
+
+
+def redact(values):
+    """`values` (a recipe, a section) with the value of every key that names a token replaced: never on disk."""
+    if isinstance(values, dict):
+        return {k: "<redacted>" if "token" in str(k).lower() and v else redact(v) for k, v in values.items()}
+    if isinstance(values, list):
+        return [redact(v) for v in values]
+    return values
 
 
 def download(repo_id: str, what: str, allow_patterns: list[str] | None = None, repo_type: str | None = None) -> Path:
@@ -68,14 +79,25 @@ def download(repo_id: str, what: str, allow_patterns: list[str] | None = None, r
 
 
 def push_folder(folder: str | Path, repo_id: str, repo_type: str, private: bool, message: str,
-                card: str | None = None) -> str:
+                card: str | None = None, token: str | None = None, retry: str | None = None) -> str:
     """Create the repo if needed and upload the folder in one commit, with `card` as its README.md when given
-    (the local folder is left untouched); returns the repo URL."""
+    (the local folder is left untouched); returns the repo URL. A failure is one line: what failed, that the local
+    output is complete, and how to retry the upload alone (`retry`, else `hf upload`)."""
+    try:
+        return _push(Path(folder), repo_id, repo_type, private, message, card, token)
+    except (OSError, ValueError) as err:  # HTTP errors (HfHubHTTPError is an OSError), refused ids, lost connections
+        retry = retry or (f"`hf upload {repo_id} {folder} .{' --repo-type dataset' if repo_type == 'dataset' else ''}"
+                          f"{' --private' if private else ''}`")
+        raise DtmError(f"the upload of {folder} to the Hub repo {repo_id} failed ({first_line(err)}); the local output "
+                       f"is complete; retry the upload alone with {retry}") from err
+
+
+def _push(folder: Path, repo_id: str, repo_type: str, private: bool, message: str, card: str | None,
+          token: str | None) -> str:
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    api = HfApi()
+    api = HfApi(token=token)
     url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-    folder = Path(folder)
     # Hidden files (locks, half-written temporaries) stay local.
     files = [p for p in sorted(folder.rglob("*"))
              if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)]

@@ -39,5 +39,7 @@ def setup() -> None:
     logger.propagate = False
     # bitsandbytes warns on import when the optional `kernels` package (a faster CPU 4-bit kernel) is missing.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # huggingface_hub warns at every retry of a failing request; a failed upload ends in one line of ours.
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     # TRL and peft read `model.is_gradient_checkpointing`, which transformers 5 deprecates: theirs to rename.
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)

@@ -161,7 +161,10 @@ def merge(args: MergeArguments) -> Path:
 
 
 def main(args: MergeArguments) -> Path:
-    return merge(args)
+    from .outputs import output_lock
+
+    with output_lock(args.output_dir):  # one writer at a time
+        return merge(args)
 
 
 def make_parser(prog: str | None = None):

@@ -1,8 +1,17 @@
-"""Output folders that appear whole or not at all, and are never overwritten unless asked."""
+"""Output folders that appear whole or not at all, are never overwritten unless asked, and have one writer.
+
+A step holds `output_lock(OUT)` (a lock file beside OUT) for as long as it works on OUT: a second writer gets one
+line naming the holder. The output is built in a temporary folder beside it and renamed into place when complete;
+temporary folders left by a killed run of the same output are removed by the next one.
+"""
 
 import contextlib
+import os
 import shutil
+import socket
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,15 +29,67 @@ def check_output_dir(output_dir: str | Path, overwrite: bool) -> Path:
 
 
 @contextlib.contextmanager
+def output_lock(path: str | Path) -> Iterator[None]:
+    """Hold the lock of the output `path` (a file or folder, existing or not) for the block: a lock file beside it,
+    which names its holder and is removed on release."""
+    import fcntl
+
+    path = Path(path).expanduser().absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.parent / f".{path.name}.lock"
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 1024).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise DtmError(f"{path} is being written by {holder}; wait for it to finish or choose another "
+                           "output") from None
+        try:  # the file locked must still be the one at lock_path: a holder removes it on release
+            if os.fstat(fd).st_ino == os.stat(lock_path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:2]])
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()} ({command}), since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)  # before the lock goes: a waiter then sees a new file and locks that
+        os.close(fd)
+
+
+def remove_stale(final: Path) -> None:
+    """The temporary folders (and the merge caches inside them) that a killed run of `final` left beside it; call
+    with its lock held."""
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
 def atomic_output_dir(output_dir: str | Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary folder beside `output_dir` and move it into place only when the block succeeds."""
+    """Yield a temporary folder beside `output_dir` and move it into place only when the block succeeds. The
+    caller holds `output_lock(output_dir)`."""
     final = check_output_dir(output_dir, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp.chmod(0o777 & ~_umask())  # a folder like any other the user makes, not mkdtemp's private 0700
     try:
         yield tmp
+        check_output_dir(final, overwrite)  # again: it may have been filled while we worked
         if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-old-", dir=final.parent))
             final.rename(old / final.name)
             tmp.rename(final)
             shutil.rmtree(old)

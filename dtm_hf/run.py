@@ -59,7 +59,7 @@ class RunArguments(Arguments):
 def run(args: RunArguments) -> Path:
     import yaml
 
-    from .hub import require_push_target
+    from .hub import redact, require_push_target
     from .pipeline.engine import Pipeline
     from .pipeline.layout import RunLayout
     from .pipeline.recipe import load_recipe, parse_recipe
@@ -75,7 +75,7 @@ def run(args: RunArguments) -> Path:
     if problem := missing_inputs(pipeline, chosen):
         raise DtmError(problem)
     layout.run_dir.mkdir(parents=True, exist_ok=True)
-    layout.recipe_file.write_text(yaml.safe_dump(sections, sort_keys=False))
+    layout.recipe_file.write_text(yaml.safe_dump(redact(sections), sort_keys=False))
     start = time.perf_counter()
     for name in chosen:
         STAGES[name].run(pipeline)
@@ -84,7 +84,16 @@ def run(args: RunArguments) -> Path:
 
 
 def main(args: RunArguments) -> Path:
-    return run(args)
+    import contextlib
+
+    from .outputs import output_lock
+
+    # One run per run folder; `--only` jobs of an array share it, each holding its sub-model's lock instead.
+    run_dir = Path(args.run_dir or (DEMO_DIR if args.config is None else RUN_DIR))
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DtmError(f"--run_dir {run_dir} is a file; choose a folder")
+    with output_lock(run_dir) if not args.only else contextlib.nullcontext():
+        return run(args)
 
 
 def make_parser(prog: str | None = None):

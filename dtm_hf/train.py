@@ -14,6 +14,7 @@ The loss covers the assistant reply and its EOS token only (`assistant_only_loss
 with `{% generation %}` markers: base models without a template get dtm-hf's default (Tulu's format).
 """
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,8 @@ class DtmArguments(Arguments):
 
 def main(dtm_args: DtmArguments, training_args, model_args) -> list[Path]:
     """Train every sub-model asked for; returns their folders."""
+    from .log import is_main_process
+    from .outputs import output_lock
     from .training.chat_template import load_tokenizer
     from .training.plan import check_quantization, describe, plan, resolve_model
     from .training.trainer import push, train_one
@@ -65,7 +68,9 @@ def main(dtm_args: DtmArguments, training_args, model_args) -> list[Path]:
     for run in runs:
         if run.action in ("train", "resume"):
             logger.info(f"[{run.name}] {describe(run)}")
-            trainer = train_one(run, tokenizer, base, dtm_args, training_args, model_args, template_origin)
+            # One writer per sub-model folder: the main process holds its lock (another run's, or a job's, is named)
+            with output_lock(run.folder) if is_main_process() else contextlib.nullcontext():
+                trainer = train_one(run, tokenizer, base, dtm_args, training_args, model_args, template_origin)
             logger.info(f"[{run.name}] complete: {run.folder}")
         if run.hub_repo and run.action != "skip":
             push(run, training_args)

@@ -14,7 +14,8 @@ def run_mergekit(config, out: Path, seed: int, shard_bytes: int, device: str) ->
     from mergekit.io.tasks import LoaderCache
     from mergekit.merge import MergeOptions, run_merge
 
-    cache = Path(tempfile.mkdtemp(prefix=".lora-merge-cache-", dir=out.parent))
+    # Inside the temporary output folder: a killed merge's cache goes with it (outputs.remove_stale).
+    cache = Path(tempfile.mkdtemp(prefix=".lora-merge-cache-", dir=out))
     # mergekit keeps its loaders in a class-level dict keyed by reference: one left from an earlier merge in this
     # process would read an older (deleted) cache. Start and end empty.
     LoaderCache().loaders.clear()

@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Callable
 
+from ..hub import redact
 from .fingerprint import Digests, changes
 from .layout import RunLayout
 from .recipe import Recipe
@@ -28,7 +29,7 @@ class Pipeline:
               work: Callable[[bool], None]) -> None:
         """Run `work(changed)` unless the stage is current; `changed` says that outputs it made before are stale
         (settings or inputs changed), so they must be replaced rather than resumed."""
-        settings = json.loads(json.dumps(settings, default=str))
+        settings = json.loads(json.dumps(redact(settings), default=str))
         fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         recorded = self.state.get(name, {})
         changed = recorded.get("fingerprint") not in (None, fingerprint)

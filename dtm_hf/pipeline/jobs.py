@@ -5,6 +5,7 @@ stop the others."""
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,4 +115,8 @@ def run_jobs(names: list[str], slots: list[Slot], logs: Path,
     finally:
         for process, *_ in running.values():  # interrupted: no orphan trainings
             process.terminate()
+        for bar in bars.values():
+            if bar is not None:
+                bar.close()
+        sys.stderr.write("\n")  # the bars leave the cursor mid-line; what follows starts on its own
     return failed

@@ -13,7 +13,9 @@ from .jobs import Slot, slot_env
 def job_recipe(p, cluster: str, job: tuple, folder: Path) -> Path:
     """The train section with this run's paths and this job's cluster filled in."""
     dtm_args, training_args, _ = job
-    values = {**p.recipe.sections["train"], "dataset": dtm_args.dataset, "cluster": cluster, "baseline": False,
+    # The child only trains (this run pushes); a token in the section stays out of the file.
+    section = {k: v for k, v in p.recipe.sections["train"].items() if k != "hub_token"}
+    values = {**section, "dataset": dtm_args.dataset, "cluster": cluster, "baseline": False,
               "held_out": dtm_args.held_out, "overwrite": dtm_args.overwrite, "push_to_hub": False,
               "output_dir": training_args.output_dir}
     path = folder / f"train-{cluster}.yaml"

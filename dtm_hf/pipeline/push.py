@@ -40,14 +40,16 @@ def push_run(p) -> dict:
     listed = [f"- [{i}]({HUB_URL}/{i}): trained on `{ALL if n == 'baseline' else n}`" for n, i in model_ids.items()]
     listed += [f"- [{i}]({HUB_URL}/{i}): merge ({n}) of the cluster sub-models" for n, i in merge_ids.items()]
     card.text = card.text.rstrip() + "\n\n## Models trained on this data\n\n" + "\n".join(listed) + "\n"
-    push_folder(layout.data_dir, dataset_id, "dataset", hub.private, "dtm-hf run: dataset", card=str(card))
+    retry = "the same dtm-hf run command with --stages push"
+    push_folder(layout.data_dir, dataset_id, "dataset", hub.private, "dtm-hf run: dataset", card=str(card),
+                retry=retry)
 
     for name, folder in trained.items():
         config = ALL if name == "baseline" else name
         marker = {**json.loads((folder / MARKER).read_text()), "hub_model_id": model_ids[name]}
         text = submodel_card(folder, marker, dataset_id=dataset_id).rstrip()
         text += f"\n\n## Disperse-Then-Merge run\n\nTrained on {dataset_link(config)}.\n"
-        push_folder(folder, model_ids[name], "model", hub.private, f"dtm-hf run: {name}", card=text)
+        push_folder(folder, model_ids[name], "model", hub.private, f"dtm-hf run: {name}", card=text, retry=retry)
 
     for name, args in p.recipe.merges.items():
         subs = [Path(ref).name for ref, _ in expand(args.submodels)]
@@ -55,7 +57,8 @@ def push_run(p) -> dict:
         links = f"## Sub-models\n\n{rows}\n"
         text = _merged_card(layout.merged(name), datasets=[dataset_id], submodels=[model_ids[c] for c in subs],
                             links=links)
-        push_folder(layout.merged(name), merge_ids[name], "model", hub.private, f"dtm-hf run: merge {name}", card=text)
+        push_folder(layout.merged(name), merge_ids[name], "model", hub.private, f"dtm-hf run: merge {name}",
+                    card=text, retry=retry)
 
     pushed = {"dataset": dataset_id, **model_ids, **{f"merged_{n}": i for n, i in merge_ids.items()}}
     layout.pushed_file.write_text(json.dumps(pushed, indent=2) + "\n")

@@ -3,6 +3,7 @@ and each output folder's state (train, resume, skip, or push only)."""
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,15 +58,42 @@ def check_quantization(model_args, training_args) -> None:
                     "unquantized base; use it to test a QLoRA recipe, train on a GPU.")
 
 
+def _complete(checkpoint: Path) -> bool:
+    """The Trainer writes trainer_state.json last: a checkpoint whose state parses was saved whole."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    """The last complete `checkpoint-N` (a job killed while saving leaves an incomplete one: it is set aside, as
+    `.incomplete-checkpoint-N`, by the main process)."""
+    from ..log import is_main_process
+
+    steps = {int(p.name.split("-")[1]): p for p in folder.glob("checkpoint-*")
+             if p.is_dir() and p.name.split("-")[1].isdigit()}
+    for step in sorted(steps, reverse=True):
+        if _complete(steps[step]):
+            return str(steps[step])
+        if is_main_process():
+            aside = folder / f".incomplete-{steps[step].name}"
+            shutil.rmtree(aside, ignore_errors=True)
+            steps[step].rename(aside)
+            logger.warning(f"{steps[step]} was not saved whole (interrupted?): set aside as {aside.name}")
+    return None
+
+
 def folder_state(folder: Path, overwrite: bool) -> tuple[str, str | None]:
     """(action, checkpoint) for one sub-model's folder."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+    if folder.exists() and not folder.is_dir():
+        raise DtmError(f"{folder} is a file where the sub-model's folder goes; move it away")
     if not folder.is_dir() or overwrite:
         return "train", None
     if (folder / MARKER).is_file():
         return "skip", None
-    checkpoint = get_last_checkpoint(str(folder))
+    checkpoint = last_checkpoint(folder)
     return ("resume", checkpoint) if checkpoint else ("train", None)
 
 
@@ -87,7 +115,8 @@ def plan(dtm_args, training_args) -> list[Run]:
     source = read_distribute_output(dtm_args.dataset)
     selections = expand_clusters(dtm_args.cluster, source, dtm_args.baseline)
     push = training_args.push_to_hub
-    require_push_target(push, training_args.hub_model_id, "--hub_model_id", placeholder="{cluster}")
+    require_push_target(push, training_args.hub_model_id, "--hub_model_id", placeholder="{cluster}",
+                        token=training_args.hub_token)
     if push and len(selections) > 1 and "{cluster}" not in training_args.hub_model_id:
         raise DtmError(f"--hub_model_id {training_args.hub_model_id} would receive all {len(selections)} sub-models; "
                        "put {cluster} in it, e.g. my-org/llama2-7b-dtm-{cluster}")

@@ -36,8 +36,9 @@ def build_trainer(run: Run, tokenizer, base: str, training_args, model_args):
         raise DtmError(f"{run.name}: every row's prompt fills max_length {training_args.max_length}; raise max_length")
     args = copy.deepcopy(training_args)
     args.output_dir = str(run.folder)
-    # dtm-hf pushes each finished sub-model itself, to its own repo; the Trainer must not push checkpoints
-    args.push_to_hub, args.hub_model_id = False, None
+    # dtm-hf pushes each finished sub-model itself, to its own repo; the Trainer must not push checkpoints, and
+    # must not write the token into the checkpoints' training_args.bin
+    args.push_to_hub, args.hub_model_id, args.hub_token = False, None, None
     # The labels are made above; TRL's masks for conversational rows would ask for {% generation %} markers
     args.assistant_only_loss, args.completion_only_loss, args.chat_template_path = False, None, None
     args.model_init_kwargs = {"revision": model_args.model_revision, "attn_implementation": model_args.attn_implementation,
@@ -130,6 +131,7 @@ def push(run: Run, training_args) -> None:
     marker = {**json.loads((run.folder / MARKER).read_text()), "hub_model_id": run.hub_repo}
     write_card(run.folder, marker)  # the card names the repo; the marker does once the upload succeeded
     url = push_folder(run.folder, run.hub_repo, "model", training_args.hub_private_repo or False,
-                      f"dtm-hf train: {run.name} sub-model")
+                      f"dtm-hf train: {run.name} sub-model", token=training_args.hub_token,
+                      retry="the same dtm-hf train command (a complete sub-model is only uploaded)")
     write_marker(run.folder, marker)
     logger.info(f"[{run.name}] pushed to {url}")
