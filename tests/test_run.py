@@ -170,6 +170,7 @@ def test_push_whole_run_with_linked_cards(inputs, tmp_path, hub_server):
     dataset_card = DatasetCard.load("tester/dtm-data", repo_type="dataset")
     for repo in ("tester/dtm-cluster_0", "tester/dtm-baseline", "tester/dtm-merged-linear"):
         assert repo in dataset_card.text
+    assert 'load_dataset("tester/dtm-data", "cluster_0"' in dataset_card.text and str(tmp_path) not in dataset_card.text
     sub_card = ModelCard.load("tester/dtm-cluster_0")
     assert sub_card.data.datasets == ["tester/dtm-data"] and "config `cluster_0`" in sub_card.text
     files = hub_server.repo_files("tester/dtm-merged-linear")
