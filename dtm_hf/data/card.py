@@ -79,7 +79,7 @@ def _map_note(stats: dict) -> str:
     return (f"\n![map of the clusters](map.png)\n\n`map.png`: a {stats['map']['projection'].upper()} projection of "
             f"{stats['map']['rows']} rows' `{display_name(stats['embedding_model'])}` embeddings "
             f"({stats['embedding_backend']} backend) of the {EMBEDDED[stats['embed_field']]}, coloured by cluster, "
-            "each cluster's top terms at its centre.\n")
+            "each cluster's top terms by its centre.\n")
 
 
 def card_title(stats: dict) -> str:

@@ -1,5 +1,5 @@
 """`map.png`: a 2-D projection of a sample of the rows' embeddings, coloured by cluster, with each cluster's top
-terms at its centre. PCA from scikit-learn, or UMAP when `umap-learn` is installed."""
+terms by its centre. PCA from scikit-learn, or UMAP when `umap-learn` is installed."""
 
 import logging
 from pathlib import Path
@@ -12,6 +12,7 @@ from .partition import Split, embed
 
 MAP_ROWS = 20_000
 MAP_TERMS = 3
+LABEL_LIFT = 0.07  # axes fraction between a cluster's centre and its label
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ def _spread(spots: np.ndarray, width: float = 0.24, height: float = 0.07) -> np.
     """Label positions (axes fractions) moved apart vertically until no two boxes of about `width` x `height`
     overlap: labels of clusters whose centres are close (or, in a random split, all alike) stay readable."""
     spots = spots.copy()
+    spots[:, 0] = np.clip(spots[:, 0], width / 2, 1 - width / 2)  # inside the axes, clear of the legend
     for _ in range(200):
         moved = False
         for i in range(len(spots)):
@@ -91,12 +93,14 @@ def _draw(path: Path, points: np.ndarray, labels: np.ndarray, clusters: dict, ax
                rasterized=True)
     present = [c for c in range(len(names)) if (labels == c).any()]
     centres = np.array([np.median(points[labels == c], axis=0) for c in present]).reshape(-1, 2)
+    ax.scatter(centres[:, 0], centres[:, 1], marker="x", s=30, color="black", linewidths=1.2)
     ax.autoscale_view()
-    spots = _spread(ax.transLimits.transform(centres)) if len(present) else centres
+    # Each label sits a little above its centre, tied to it by a line, so that it hides none of a tight cluster.
+    spots = _spread(ax.transLimits.transform(centres) + [0, LABEL_LIFT]) if len(present) else centres
     for c, centre, spot in zip(present, centres, spots, strict=True):
         terms = ", ".join(clusters[names[c]]["top_terms"][:MAP_TERMS])
         ax.annotate(f"{names[c]}\n{terms}" if terms else names[c], centre, xytext=spot, textcoords="axes fraction",
-                    ha="center", va="center", fontsize=8.5, arrowprops={"arrowstyle": "-", "color": "0.4"},
+                    ha="center", va="center", fontsize=8.5, arrowprops={"arrowstyle": "-", "color": "0.3"},
                     bbox={"boxstyle": "round,pad=0.3", "facecolor": "white", "edgecolor": colors[c],
                           "linewidth": 2, "alpha": 0.85})
     if len(names) <= 20:

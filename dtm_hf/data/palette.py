@@ -3,9 +3,10 @@ shades (as tab20 has) that would suggest links between categories that are not t
 
 import numpy as np
 
-# Tableau 10, then hues from Trubetskoy's "20 distinct colours" that no Tableau 10 colour comes close to.
+# Tableau 10, then strong hues from Trubetskoy's "20 distinct colours" that no Tableau 10 colour comes close to
+# (none of its pale ones, which small points on white would lose).
 DISTINCT = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-            "#17becf", "#000075", "#ffe119", "#800000", "#f032e6", "#aaffc3", "#008080", "#dcbeff", "#000000"]
+            "#17becf", "#000075", "#800000", "#f032e6", "#469990", "#ffe119", "#000000"]
 
 
 def distinct_colors(n: int) -> list:
