@@ -55,7 +55,8 @@ def plot_results(losses: dict[str, dict[str, float]], path: Path, reference: str
     ax.set_ylim(0, top * (1.3 if crowded else 1.15))
     ax.set_xticks(x, columns)
     ax.set_ylabel("held-out loss on assistant tokens (lower is better)")
-    ax.set_title(f"Held-out loss; above each bar, its change from {reference} ({reference}: its loss)", fontsize=10)
+    ax.set_title(f"Held-out loss (above the bars: {reference}'s loss, and each other model's change from it)",
+                 fontsize=10)
     ax.spines[["top", "right"]].set_visible(False)
     ax.legend(fontsize="small", bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
