@@ -5,7 +5,8 @@
 
 Every row is reduced to its first turn ([system], user, assistant); rows that yield none are skipped and
 counted by reason. The output folder is a Hub-shaped dataset repository with configs `cluster_0` ...
-`cluster_{K-1}` and `all`, a card, `clusters.json`, `stats.json` and `stats.png`.
+`cluster_{K-1}` and `all`, a card that says what is in each cluster, `clusters.json`, `stats.json`, `stats.png`
+and, for the embedding methods (or with `--map true`), `map.png`.
 """
 
 import logging
@@ -43,12 +44,15 @@ class DistributeArguments(Arguments):
         "help": "Column naming each row's source (tulu-v2's `dataset`); kept as `source` when present."})
     # Distribution
     n_clusters: int | None = field(default=None, metadata={
-        "help": "K, the number of portions. Required for random and kmeans; for source, defaults to one per source."})
-    method: str = field(default="random", metadata={"help": "random, kmeans or source.",
-                                                    "choices": list(METHODS)})
+        "help": "K, the number of portions. Required for random and the k-means methods; for source, defaults to "
+                "one per source."})
+    method: str = field(default="random", metadata={
+        "help": "random, kmeans, balanced_kmeans (k-means whose clusters differ in size by at most one row) or "
+                "source.", "choices": list(METHODS)})
     seed: int = field(default=42, metadata={"help": "Seed of the shuffle and of k-means."})
     embed_field: str = field(default="response", metadata={
-        "help": "What k-means embeds: the instruction, the response (as the paper's code did) or both.",
+        "help": "What the k-means methods (and the map) embed: the instruction, the response (as the paper's code "
+                "did) or both.",
         "choices": ["instruction", "response", "both"]})
     embedding_model: str = field(default="sentence-transformers/all-MiniLM-L6-v2", metadata={
         "help": "Sentence-transformers model (Hub id or local folder), or a model2vec model for the static backend."})
@@ -56,6 +60,9 @@ class DistributeArguments(Arguments):
         "help": "transformer (the model itself) or static (a model2vec distillation of it: ~200x faster on CPU).",
         "choices": ["transformer", "static"]})
     embedding_batch_size: int = field(default=256, metadata={"help": "Rows per embedding batch."})
+    map: bool = field(default=False, metadata={
+        "help": "Draw map.png for random and source too, embedding a sample of at most 20,000 rows for it (the "
+                "k-means methods always draw it, from the embeddings they clustered)."})
     # Output
     output_dir: str | None = field(default=None, metadata={"help": "Folder to write the dataset repository into."})
     overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output folder."})
@@ -80,7 +87,9 @@ def distribute(args: DistributeArguments) -> Path:
     """Run the whole step; returns the output folder."""
     import numpy as np
 
+    from .data.describe import describe_clusters
     from .data.inputs import load_input, reduce_dataset
+    from .data.map import write_map
     from .data.repo import write_configs, write_metadata
     from .hub import push_folder
     from .outputs import atomic_output_dir, check_output_dir
@@ -103,7 +112,8 @@ def distribute(args: DistributeArguments) -> Path:
         raise DtmError(f"--n_clusters {k} is more than the {kept_rows} usable rows; lower it or add data")
 
     start = time.perf_counter()
-    labels, info = METHODS[args.method](kept, args)
+    split = METHODS[args.method](kept, args)
+    labels, info = split.labels, split.info
     k = int(labels.max()) + 1 if k is None else k
     sizes = np.bincount(labels, minlength=k).tolist()
     timings.update(info.pop("timings_s", {"split": time.perf_counter() - start}))
@@ -120,15 +130,26 @@ def distribute(args: DistributeArguments) -> Path:
         "cluster_source_counts": cluster_source_counts, "source_column": args.source_column, **info,
         "timings_s": timings,
     }
-    if args.method == "kmeans":
+    draw_map = split.vectors is not None or args.map
+    if draw_map:
         stats.update(embedding_model=args.embedding_model, embedding_backend=args.embedding_backend,
                      embed_field=args.embed_field)
 
     start = time.perf_counter()
+    stats["clusters"], stats["cluster_examples"] = describe_clusters(kept, split, k, cluster_source_counts, args.seed)
+    timings["describe"] = time.perf_counter() - start
+    for name, cluster in stats["clusters"].items():
+        logger.info(f"{name}: {cluster['rows']} rows; {', '.join(cluster['top_terms'][:5])}")
+
     with atomic_output_dir(output, args.overwrite) as tmp:
+        if draw_map:
+            start = time.perf_counter()
+            stats["map"] = write_map(tmp / "map.png", kept, split, args, stats["clusters"])
+            timings["map"] = time.perf_counter() - start
+        start = time.perf_counter()
         files = write_configs(kept, labels, tmp)
         timings["write"] = time.perf_counter() - start
-        write_metadata(tmp, labels, stats, files)
+        write_metadata(tmp, labels, stats, files, args.hub_dataset_id if args.push_to_hub else str(output))
     logger.info(f"Wrote {k} cluster configs (sizes {sizes}) and `all` to {output}")
     if args.push_to_hub:
         url = push_folder(output, args.hub_dataset_id, "dataset", args.private,

@@ -23,7 +23,7 @@ def config_file(tmp_path, values) -> str:
 
 
 DISTRIBUTE_YAML_ERRORS = [
-    ({"method": "kmeanz"}, "--method 'kmeanz' is not one of the choices: random, kmeans, source"),
+    ({"method": "kmeanz"}, "--method 'kmeanz' is not one of the choices: random, kmeans, balanced_kmeans, source"),
     ({"format": "foo"}, "--format 'foo' is not one of the choices: auto, messages, sharegpt, alpaca"),
     ({"embed_field": "title"}, "--embed_field 'title' is not one of the choices"),
     ({"n_clusters": [2, 3]}, "--n_clusters must be an integer, got [2, 3]"),

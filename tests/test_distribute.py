@@ -293,6 +293,7 @@ def test_push_reads_back_config_by_config(demo_jsonl, tmp_path, hub_server):
     files = hub_server.repo_files("tester/demo-k3", repo_type="dataset")
     assert {"README.md", "clusters.json", "stats.json", "stats.png"} <= set(files)
     assert files["clusters.json"] == (out / "clusters.json").read_bytes()
+    assert 'load_dataset("tester/demo-k3", "cluster_0"' in files["README.md"].decode()
     for name in ("cluster_0", "cluster_2", "all"):
         pushed = load_dataset("tester/demo-k3", name, split="train")
         local = load_config(out, name)

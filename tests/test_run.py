@@ -146,10 +146,12 @@ def test_push_whole_run_with_linked_cards(inputs, tmp_path, hub_server):
     dataset_card = DatasetCard.load("tester/dtm-data", repo_type="dataset")
     for repo in ("tester/dtm-cluster_0", "tester/dtm-baseline", "tester/dtm-merged-linear"):
         assert repo in dataset_card.text
+    assert 'load_dataset("tester/dtm-data", "cluster_0"' in dataset_card.text and str(tmp_path) not in dataset_card.text
     sub_card = ModelCard.load("tester/dtm-cluster_0")
     assert sub_card.data.datasets == ["tester/dtm-data"] and "config `cluster_0`" in sub_card.text
-    for repo in [r for r in pushed.values() if not r.endswith("-data")]:  # no local path, no placeholder
-        text = hub_server.repo_files(repo)["README.md"].decode()
+    for repo in pushed.values():  # no local path, no placeholder in any pushed card
+        kind = "dataset" if repo == pushed["dataset"] else "model"
+        text = hub_server.repo_files(repo, repo_type=kind)["README.md"].decode()
         assert str(tmp_path) not in text and "REPO_ID" not in text and "THIS_REPO" not in text, repo
     baseline_card = ModelCard.load("tester/dtm-baseline").text
     assert "the all-data baseline" in baseline_card and "meant to be merged" not in baseline_card

@@ -1,7 +1,7 @@
 """The distribute output, written and read: a folder shaped like a Hub dataset repository.
 
     cluster_0/train-00000-of-00001-<digest>.parquet ... cluster_{K-1}/...   all/...
-    README.md (dataset card whose YAML lists the configs)   clusters.json   stats.json   stats.png
+    README.md (dataset card whose YAML lists the configs)   clusters.json   stats.json   stats.png   [map.png]
 
 `datasets.load_dataset(FOLDER, "cluster_0")` works on the folder itself and, after an upload, on the repo. The
 reader recognises an output by its card's configs and its `stats.json`, locally or on the Hub, and loads a
@@ -67,10 +67,11 @@ def write_configs(data, labels: np.ndarray, folder: Path) -> dict[str, list[str]
     return files
 
 
-def write_metadata(folder: Path, labels: np.ndarray, stats: dict, files: dict[str, list[str]]) -> None:
+def write_metadata(folder: Path, labels: np.ndarray, stats: dict, files: dict[str, list[str]], ref: str) -> None:
+    """clusters.json, stats.json, the card (whose usage snippet loads `ref`) and stats.png."""
     (folder / "clusters.json").write_text(json.dumps(labels.tolist()))
     (folder / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    write_card(folder, stats, files)
+    write_card(folder, stats, files, ref)
     write_stats_plot(folder, stats)
 
 

@@ -37,6 +37,9 @@ def push_run(p) -> dict:
         return f"config `{config}` of [{dataset_id}]({HUB_URL}/datasets/{dataset_id})"
 
     card = DatasetCard.load(layout.data_dir / "README.md")
+    # The card's usage snippet loads the local folder it was written to; on the Hub, it loads the repo.
+    card.text = card.text.replace(f'load_dataset("{layout.data_dir.expanduser().absolute()}"',
+                                  f'load_dataset("{dataset_id}"')
     listed = [f"- [{i}]({HUB_URL}/{i}): trained on `{ALL if n == 'baseline' else n}`" for n, i in model_ids.items()]
     listed += [f"- [{i}]({HUB_URL}/{i}): merge ({n}) of the cluster sub-models" for n, i in merge_ids.items()]
     card.text = card.text.rstrip() + "\n\n## Models trained on this data\n\n" + "\n".join(listed) + "\n"
