@@ -58,12 +58,14 @@ def main(dtm_args: DtmArguments, training_args, model_args) -> list[Path]:
     """Train every sub-model asked for; returns their folders."""
     from .training.attention import resolve_attention
     from .training.chat_template import load_tokenizer
+    from .training.kernels import check_kernels
     from .training.plan import check_quantization, describe, plan, resolve_model
     from .training.trainer import push, train_one
 
     base = resolve_model(model_args)
     model_args.model_name_or_path = base
     check_quantization(model_args, training_args)
+    check_kernels(training_args, model_args)
     model_args = copy.copy(model_args)  # the pipeline passes one ModelConfig to every sub-model's run
     model_args.attn_implementation = resolve_attention(dtm_args.packed_attention, training_args, model_args)
     tokenizer, template_origin = load_tokenizer(dtm_args, model_args, training_args, base)

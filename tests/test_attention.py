@@ -220,6 +220,20 @@ def test_choice_of_path(base, tmp_path):
             resolve_attention(choice, args, model_args)
 
 
+def test_kernel_checks(base, tmp_path):
+    from dtm_hf.errors import DtmError
+    from dtm_hf.training.kernels import check_kernels
+
+    _, training, model = parse_args(base, tmp_path)
+    check_kernels(training, model)
+    _, liger, _ = parse_args(base, tmp_path, "--use_liger_kernel", "true")
+    with pytest.raises(DtmError, match="need a CUDA GPU"):
+        check_kernels(liger, model)
+    _, _, lm_head = parse_args(base, tmp_path, "--lora_target_modules", "q_proj", "lm_head")
+    with pytest.raises(DtmError, match="lm_head"):
+        check_kernels(training, lm_head)
+
+
 def test_train_with_varlen_and_bad_choices(base, tmp_path, capsys):
     """`dtm-hf train --packed_attention varlen` trains on CPU; a wrong choice is one error line before any work."""
     import json
@@ -237,7 +251,8 @@ def test_train_with_varlen_and_bad_choices(base, tmp_path, capsys):
     marker = json.loads((out / "cluster_0" / "dtm_train.json").read_text())
     assert marker["global_step"] == 2 and marker["final_loss"] > 0
     for argv, message in [(["--packed_attention", "fast"], "invalid choice: 'fast'"),
-                          (["--packed_attention", "flash"], "flash-attn runs on CUDA only")]:
+                          (["--packed_attention", "flash"], "flash-attn runs on CUDA only"),
+                          (["--use_liger_kernel", "true"], "need a CUDA GPU")]:
         assert train(*common, "--overwrite", *argv) == 2
         assert message in one_error_line(capsys, "train")
     assert (out / "cluster_0" / "dtm_train.json").is_file()
