@@ -163,8 +163,9 @@ def check_documents(trainer, cuda: bool, max_tokens: int = 1024) -> dict:
             "ok": max(errors) <= 0.1 * min(leaks)}
 
 
-def sync_counter():
-    """A context counting calls that make the host wait for the device, whatever the device."""
+def sync_counter(cuda: bool):
+    """A context counting calls that make the host wait for the device: on CUDA those on CUDA tensors, on CPU
+    (smoke runs) all of them, as if the tensors were on a device."""
     import torch
     from torch.overrides import TorchFunctionMode
 
@@ -177,7 +178,8 @@ def sync_counter():
             name = getattr(func, "__name__", "")
             boolean_index = (name in ("__getitem__", "__setitem__") and len(args) > 1
                              and isinstance(args[1], torch.Tensor) and args[1].dtype == torch.bool)
-            self.calls += name in names or boolean_index
+            on_device = not cuda or any(isinstance(a, torch.Tensor) and a.is_cuda for a in args)
+            self.calls += (name in names or boolean_index) and on_device
             return func(*args, **(kwargs or {}))
 
     return Count()
@@ -197,7 +199,7 @@ def step_timer(warmup: int, cuda: bool):
 
         def on_step_begin(self, train_args, state, control, **kwargs):
             if state.global_step == 1:
-                self.counter = sync_counter()
+                self.counter = sync_counter(cuda)
                 self.counter.__enter__()
 
         def on_step_end(self, train_args, state, control, **kwargs):
