@@ -197,8 +197,11 @@ def test_varlen_call_across_torch_versions(signature, monkeypatch):
     assert seen["scale"] == (None if signature == "2.10" else scaling)
 
 
-def test_choice_of_path(base, tmp_path):
+def test_choice_of_path(base, tmp_path, monkeypatch):
+    import torch
+
     from dtm_hf.errors import DtmError
+    from dtm_hf.training import attention
     from dtm_hf.training.attention import resolve_attention
 
     _, packed, model = parse_args(base, tmp_path)
@@ -218,6 +221,16 @@ def test_choice_of_path(base, tmp_path):
     ]:
         with pytest.raises(DtmError, match=message):
             resolve_attention(choice, args, model_args)
+    # on a CUDA GPU (faked): varlen needs bf16/fp16 and compute capability 8.0; flash-attn is not installed here
+    _, bf16, _ = parse_args(base, tmp_path, "--bf16", "true")
+    monkeypatch.setattr(attention, "_on_cuda", lambda args: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *device: (9, 0))
+    assert resolve_attention("auto", bf16, model) == "dtm_varlen"
+    assert resolve_attention("auto", packed, model) == "dtm_flex"  # float32
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *device: (7, 5))
+    assert resolve_attention("auto", bf16, model) == "dtm_flex"
+    with pytest.raises(DtmError, match="compute capability 8.0"):
+        resolve_attention("varlen", bf16, model)
 
 
 def test_kernel_checks(base, tmp_path):

@@ -115,8 +115,14 @@ def resolve_attention(choice: str, training_args, model_args) -> str | None:
         return None
     cuda, half = _on_cuda(training_args), _half(training_args, model_args)
     if choice == "auto":
-        choice = next((c for c in AUTO_ORDER if cuda and unavailable(c, cuda, half) is None), "sdpa")
-        how = "auto, on CUDA" if cuda else "auto, without CUDA"
+        how, choice = ["auto, on CUDA" if cuda else "auto, without CUDA"], "sdpa"
+        for candidate in AUTO_ORDER if cuda else ():
+            reason = unavailable(candidate, cuda, half)
+            if reason is None:
+                choice = candidate
+                break
+            how.append(f"not {candidate}: {reason}")
+        how = "; ".join(how)
     else:
         how = "packed_attention"
         reason = unavailable(choice, cuda, half)
