@@ -17,8 +17,8 @@ Variants (`--packed_attention`, as `dtm-hf train` takes it; auto is what a recip
 in that order, the goals' figures first; results.{json,md} are rewritten after each variant.
 A variant that cannot run here (flash-attn not installed, Liger or bitsandbytes missing, ...) is listed as skipped
 with dtm-hf's one-line reason. Each runs in a subprocess of its own (peak memory, compile caches and Liger's global
-patches stay apart), and first checks, on its own path, that the first documents of a packed batch get the logits
-they have alone: the largest difference must stay under a tenth of the difference that attention across the same
+patches stay apart), and first checks, on its own path as training runs it (Liger's kernels applied), that the
+first documents of a packed batch get the logits they have alone: the largest difference must stay under a tenth of the difference that attention across the same
 documents makes. A variant that fails the check stops the run (exit status 3).
 
 Timing: steps after the warm-up, read at step ends after torch.cuda.synchronize(); tokens are those the model's
@@ -185,17 +185,30 @@ def sync_counter(cuda: bool):
     return Count()
 
 
-def step_timer(warmup: int, cuda: bool):
-    """A TrainerCallback timing the steps after `warmup` and counting host syncs in step 2, and a forward
-    pre-hook counting the tokens the model receives."""
+class WrongAttention(Exception):
+    """Packed documents do not get the logits they have alone."""
+
+
+def step_timer(warmup: int, cuda: bool, check):
+    """A TrainerCallback that runs `check` when training begins (after Liger's kernels are applied, on the path
+    training runs; WrongAttention if it fails), times the steps after `warmup` and counts host syncs in step 2;
+    and a forward pre-hook counting the tokens the model receives."""
     import torch
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
-        tokens, start, end, counter, syncs = 0, None, None, None, None
+        tokens, start, end, counter, syncs, checked = 0, None, None, None, None, None
 
         def count(self, module, args_, kwargs):
             self.tokens += kwargs["input_ids"].numel()  # padding-free: every token is real
+
+        def on_train_begin(self, train_args, state, control, **kwargs):
+            self.checked = check()
+            if not self.checked["ok"]:
+                raise WrongAttention
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
 
         def on_step_begin(self, train_args, state, control, **kwargs):
             if state.global_step == 1:
@@ -254,16 +267,15 @@ def run_variant(name: str, args) -> dict:
     data = make_data(tokenizer, shape)
     trainer = build_trainer(Run(["all"], args.workdir / "runs" / name, data, len(data), 0, "train"), tokenizer,
                             str(base), training_args, model_args)
-    result.update(attn_implementation=model_args.attn_implementation, check=check_documents(trainer, cuda))
-    if not result["check"]["ok"]:
-        return {**result, "status": "wrong"}
-    timer = step_timer(shape["warmup"], cuda)
+    result["attn_implementation"] = model_args.attn_implementation
+    timer = step_timer(shape["warmup"], cuda, lambda: check_documents(trainer, cuda))
     trainer.add_callback(timer)
     trainer.model.register_forward_pre_hook(timer.count, with_kwargs=True)
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    trainer.train()
+    try:
+        trainer.train()
+    except WrongAttention:
+        return {**result, "check": timer.checked, "status": "wrong"}
+    result["check"] = timer.checked
     (t0, tok0, step0), (t1, tok1, step1) = timer.start, timer.end
     tokens_per_s = (tok1 - tok0) / (t1 - t0)
     total, matmul = base_params(base)
