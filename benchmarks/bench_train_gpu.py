@@ -5,8 +5,8 @@ today's path side by side, each path first checked to keep packed documents apar
     python benchmarks/bench_train_gpu.py --out OUT --variants 953m-sdpa 953m-varlen
     python benchmarks/bench_train_gpu.py --out OUT --smoke                  # tiny shapes on CPU: checks the script
 
-Bases are random-init Llamas built once in the workdir (bf16 on the GPU), with a BPE tokenizer trained on the demo rows;
-the data are dtm_hf.demo rows. Every variant trains through `dtm_hf.training.trainer.build_trainer` on the tiny
+Bases are random-init Llamas built once in the workdir (bf16 on the GPU), with a BPE tokenizer trained on the demo
+rows; the data are dtm_hf.demo rows. Every variant trains through `dtm_hf.training.trainer.build_trainer` on the tiny
 recipe with GPU overrides: TRL's bfd packing (padding-free), LoRA r 16 on all seven projections, no dropout, no
 activation checkpointing. Shapes:
   953m  hidden 2048, intermediate 5632, 16 layers, 16 heads, vocab 32000; 8 x 2048 packed tokens per step
@@ -18,8 +18,9 @@ in that order, the goals' figures first; results.{json,md} are rewritten after e
 A variant that cannot run here (flash-attn not installed, Liger or bitsandbytes missing, ...) is listed as skipped
 with dtm-hf's one-line reason. Each runs in a subprocess of its own (peak memory, compile caches and Liger's global
 patches stay apart), and first checks, on its own path as training runs it (Liger's kernels applied), that the
-first documents of a packed batch get the logits they have alone: the largest difference must stay under a tenth of the difference that attention across the same
-documents makes. A variant that fails the check stops the run (exit status 3).
+first documents of a packed batch get the logits they have alone: the largest difference must stay under a tenth
+of the difference that attention across the same documents makes. A variant that fails the check stops the run
+(exit status 3).
 
 Timing: steps after the warm-up, read at step ends after torch.cuda.synchronize(); tokens are those the model's
 forward receives. MFU = 4 N tokens/s / peak, N the base's parameters less the input embedding: forward 2N and

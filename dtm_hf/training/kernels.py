@@ -25,4 +25,5 @@ def check_kernels(training_args, model_args) -> None:
     from transformers.utils import is_liger_kernel_available
 
     if not is_liger_kernel_available():
-        raise DtmError("use_liger_kernel needs liger-kernel: pip install 'dtm-hf[gpu]' (or set use_liger_kernel: false)")
+        raise DtmError("use_liger_kernel needs liger-kernel: pip install 'dtm-hf[gpu]' (or set use_liger_kernel: "
+                       "false)")
