@@ -15,12 +15,14 @@ with `{% generation %}` markers: base models without a template get dtm-hf's def
 """
 
 import contextlib
+import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .arguments import Arguments
 from .cli import add_config_flag, run_command
+from .training.attention import CHOICES
 
 logger = logging.getLogger("dtm_hf.train")  # also when run as __main__
 
@@ -39,6 +41,11 @@ class DtmArguments(Arguments):
     # Model
     chat_template: str | None = field(default=None, metadata={
         "help": "A .jinja file or a template literal; default: the tokenizer's, else dtm-hf's (Tulu format)."})
+    packed_attention: str = field(default="auto", metadata={
+        "choices": list(CHOICES),
+        "help": "How packed documents keep to themselves: varlen (torch's varlen kernels), flex (flex_attention), "
+                "flash (flash-attn) or sdpa (a dense mask over the row); auto: on CUDA the fastest available, "
+                "elsewhere sdpa. Used with packing: true."})
     # Output
     overwrite: bool = field(default=False, metadata={"help": "Retrain sub-models that are already complete."})
 
@@ -52,13 +59,18 @@ def main(dtm_args: DtmArguments, training_args, model_args) -> list[Path]:
     """Train every sub-model asked for; returns their folders."""
     from .log import is_main_process
     from .outputs import output_lock
+    from .training.attention import resolve_attention
     from .training.chat_template import load_tokenizer
+    from .training.kernels import check_kernels
     from .training.plan import check_quantization, describe, plan, resolve_model
     from .training.trainer import push, train_one
 
     base = resolve_model(model_args)
     model_args.model_name_or_path = base
     check_quantization(model_args, training_args)
+    check_kernels(training_args, model_args)
+    model_args = copy.copy(model_args)  # the pipeline passes one ModelConfig to every sub-model's run
+    model_args.attn_implementation = resolve_attention(dtm_args.packed_attention, training_args, model_args)
     tokenizer, template_origin = load_tokenizer(dtm_args, model_args, training_args, base)
     runs = plan(dtm_args, training_args)
     logger.info(f"dtm-hf train: {len(runs)} sub-model(s) of {base} into {Path(training_args.output_dir).absolute()}")

@@ -17,6 +17,7 @@ def test_the_recipes_are_there():
     assert every == set(TRAIN_RECIPES + PIPELINE_RECIPES + MERGE_RECIPES + ACCELERATE_CONFIGS)
     names = {p.relative_to(RECIPES).as_posix() for p in every}
     assert {"llama-2-7b/dtm_lora.yaml", "llama-2-7b/dtm_qlora.yaml", "tiny/dtm_lora.yaml", "llama-2-7b/dtm.yaml",
+            "llama-2-7b/dtm_lora_packed.yaml", "llama-2-7b/dtm_qlora_packed.yaml", "qwen2.5-7b/dtm_lora.yaml",
             "llama-2-7b/merge_linear.yaml",
             "accelerate_configs/ddp.yaml", "accelerate_configs/fsdp.yaml", "accelerate_configs/zero3.yaml"} <= names
     assert (RECIPES / "README.md").is_file()
@@ -35,6 +36,25 @@ def test_train_recipe_parses(recipe):
     assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []  # current key names
     assert dtm_args.dataset and model_args.model_name_or_path and training_args.output_dir
     assert training_args.assistant_only_loss and model_args.use_peft
+
+
+@pytest.mark.parametrize("recipe", [r for r in TRAIN_RECIPES if r.parent.name != "tiny"],
+                         ids=lambda p: p.relative_to(RECIPES).as_posix())
+def test_gpu_recipes_take_the_fast_path(recipe, monkeypatch):
+    """On a CUDA GPU (faked here), every packed recipe trains with per-document kernels; the paper's unpacked ones
+    keep transformers' default attention."""
+    import torch
+
+    from dtm_hf.cli import parse
+    from dtm_hf.train import make_parser
+    from dtm_hf.training import attention
+
+    dtm_args, training_args, model_args = parse(make_parser(), ["--config", str(recipe), "--use_cpu", "true"])
+    monkeypatch.setattr(attention, "_on_cuda", lambda args: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *device: (9, 0))
+    chosen = attention.resolve_attention(dtm_args.packed_attention, training_args, model_args)
+    assert chosen == ("dtm_varlen" if training_args.packing else None)
+    assert training_args.packing == ("packed" in recipe.stem or recipe.parent.name == "qwen2.5-7b")
 
 
 def test_paper_recipe_matches_the_paper():

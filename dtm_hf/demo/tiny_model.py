@@ -38,8 +38,10 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 512):
     )
 
 
-def build_tiny_llama(tokenizer, hidden_size: int = 64, num_layers: int = 2, seed: int = 0):
-    """A randomly initialised 2-layer Llama sized to the tokenizer (vocab rounded up to a multiple of 32)."""
+def build_tiny_llama(tokenizer, hidden_size: int = 64, num_layers: int = 2, seed: int = 0,
+                     num_key_value_heads: int = 4):
+    """A randomly initialised 2-layer Llama sized to the tokenizer (vocab rounded up to a multiple of 32), with 4
+    attention heads (grouped-query attention with fewer key/value heads)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -50,7 +52,7 @@ def build_tiny_llama(tokenizer, hidden_size: int = 64, num_layers: int = 2, seed
         intermediate_size=3 * hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=4,
-        num_key_value_heads=4,
+        num_key_value_heads=num_key_value_heads,
         max_position_embeddings=512,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
