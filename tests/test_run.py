@@ -217,6 +217,22 @@ def test_demo_end_to_end(tmp_path):
     generated = model.generate(**prompt, max_new_tokens=5, do_sample=False)
     assert generated.shape[1] > prompt["input_ids"].shape[1]
 
+    # Every card the demo writes: metadata the Hub accepts (Hub ids only), no placeholder, plain grammar.
+    from huggingface_hub.utils import validate_repo_id
+
+    cards = sorted(run_dir.rglob("README.md"))
+    assert len(cards) == 8  # data, 4 sub-models, the baseline, 2 merges
+    for card in cards:
+        text = card.read_text()
+        header = yaml.safe_load(text.split("---")[1])
+        for ref in [*(header.get("datasets") or []), *([header["base_model"]] if isinstance(header.get("base_model"), str)
+                                                        else header.get("base_model") or [])]:
+            validate_repo_id(ref)
+        assert "REPO_ID" not in text and "THIS_REPO" not in text and "of the both" not in text, card
+        assert str(run_dir) not in str(header.get("pretty_name", "")), card
+    baseline = (run_dir / "baseline" / "all" / "README.md").read_text()
+    assert "the all-data baseline" in baseline and "meant to be merged" not in baseline
+
 
 @pytest.mark.slow
 def test_resume_by_content_and_reasons_named(inputs, tmp_path, calls, capsys):
