@@ -30,6 +30,24 @@ def check_output_dir(output_dir: str | Path, overwrite: bool) -> Path:
     return path
 
 
+def check_apart(output: str | Path, inputs: dict[str, str | Path], flag: str = "--output_dir",
+                may_hold: bool = False) -> None:
+    """The output must not be an input, sit inside one, or (unless `may_hold`) hold one: --overwrite would replace
+    it, or a later run would read the output as input. `inputs` maps what each input is to its path (Hub ids and
+    missing paths are skipped)."""
+    out = Path(output).expanduser().resolve()
+    for what, ref in inputs.items():
+        path = Path(ref).expanduser()
+        if not path.exists():
+            continue
+        other = path.resolve()
+        relation = ("is" if out == other else "is inside" if out.is_relative_to(other) else
+                    "holds" if other.is_relative_to(out) and not may_hold else None)
+        if relation:
+            raise DtmError(f"{flag} {output} {relation} {what} {ref}; choose another {flag} (an output never replaces "
+                           "or mixes with its inputs)")
+
+
 @contextlib.contextmanager
 def output_lock(path: str | Path) -> Iterator[None]:
     """Hold the lock of the output `path` (a file or folder, existing or not) for the block: a lock file beside it,

@@ -87,8 +87,10 @@ def _weights(args, count: int) -> list[float]:
 
 def make_plan(args) -> MergePlan:
     """Check every input against the others; `args` (MergeArguments) checked its own values when it was built."""
-    from ..outputs import check_output_dir
+    from ..outputs import check_apart, check_output_dir
 
+    if args.base_model:
+        check_apart(args.output_dir, {"the base model": args.base_model})
     output = check_output_dir(args.output_dir, args.overwrite)
     for ref in args.submodels:
         if "+" in ref or "@" in ref:
@@ -99,11 +101,11 @@ def make_plan(args) -> MergePlan:
     if len(set(refs)) != len(refs):
         raise DtmError(f"a sub-model is given twice ({', '.join(sorted({r for r in refs if refs.count(r) > 1}))}); "
                        "give each once and use --weights to weight it more")
-    if any(Path(ref).is_relative_to(output) for ref in refs if Path(ref).is_absolute()):
-        raise DtmError(f"the output folder {output} holds a sub-model; choose another --output_dir")
+    check_apart(output, {f"the sub-model {ref}": path for ref, path in found})
     subs = [sm.read(ref, path) for ref, path in found]
     weights = _weights(args, len(subs))
     base_ref, base_path = sm.resolve_base(args.base_model, subs)
+    check_apart(output, {"the base model": base_path})
     if "+" in base_ref or "@" in base_ref:
         raise DtmError(f"the base model path {base_ref!r} contains '+' or '@', which mergekit cannot read; move it")
     sm.check_against_base(subs, sm.model_shapes(base_path))
