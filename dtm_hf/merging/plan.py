@@ -114,6 +114,13 @@ def make_plan(args) -> MergePlan:
         sm.check_same_adapters(subs, f"--method {args.method} (A and B averaged separately)")
     if args.output_format != "full":
         check_supported(subs)
+    exact_rank = sum(s.rank for s in subs)
+    if args.adapter_rank is not None and args.adapter_rank > exact_rank:
+        raise DtmError(f"--adapter_rank {args.adapter_rank} is above the exact merge's rank {exact_rank} (the sum of "
+                       "the sub-models' ranks), so it would only add zeros; leave it out for the exact adapter or "
+                       f"choose at most {exact_rank}")
+    for sub in subs:
+        sm.check_finite(sub)
 
     templates = {chat_template_of(s.path) for s in subs} - {None}
     if len(templates) > 1:
