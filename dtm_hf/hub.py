@@ -90,8 +90,9 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str, private: bool,
         retry = retry or (f"`hf upload {repo_id} {folder} .{' --repo-type dataset' if repo_type == 'dataset' else ''}"
                           f"{' --private' if private else ''}`")
         reason = first_line(err)
-        if err.__cause__ is not None:  # "Error while uploading 'x' to the Hub." says what; its cause says why
-            reason = f"{reason.rstrip('.')}: {first_line(err.__cause__)}"
+        cause = first_line(err.__cause__) if err.__cause__ is not None else reason
+        if cause not in reason:  # "Error while uploading 'x' to the Hub." says what; its cause says why
+            reason = f"{reason.rstrip('.')}: {cause}"
         raise DtmError(f"the upload of {folder} to the Hub repo {repo_id} failed ({reason}); the local output is "
                        f"complete; retry the upload alone with {retry}") from err
 
