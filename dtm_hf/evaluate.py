@@ -84,7 +84,8 @@ def evaluate(args: EvaluateArguments) -> Path:
     models = parse_models(args.models)
     for path in models.values():  # every model found, with safetensors weights, before any is loaded
         check_weights(path)
-    check_apart(args.output_dir, {"the dataset": args.dataset, **{f"the model {n}": p for n, p in models.items()}})
+    inputs = [("the dataset", args.dataset), *((f"the model {name!r}", path) for name, path in models.items())]
+    check_apart(args.output_dir, inputs)
     output = check_output_dir(args.output_dir, args.overwrite)
     source = read_distribute_output(args.dataset)
     rows = held_out_rows(source, args.held_out, args.seed, args.max_rows_per_cluster)

@@ -30,13 +30,12 @@ def check_output_dir(output_dir: str | Path, overwrite: bool) -> Path:
     return path
 
 
-def check_apart(output: str | Path, inputs: dict[str, str | Path], flag: str = "--output_dir",
-                may_hold: bool = False) -> None:
+def check_apart(output: str | Path, inputs, flag: str = "--output_dir", may_hold: bool = False) -> None:
     """The output must not be an input, sit inside one, or (unless `may_hold`) hold one: --overwrite would replace
-    it, or a later run would read the output as input. `inputs` maps what each input is to its path (Hub ids and
-    missing paths are skipped)."""
+    it, or a later run would read the output as input. `inputs` holds (what the input is, its path) pairs, or maps
+    one to the other; Hub ids and missing paths are skipped."""
     out = Path(output).expanduser().resolve()
-    for what, ref in inputs.items():
+    for what, ref in inputs.items() if isinstance(inputs, dict) else inputs:
         path = Path(ref).expanduser()
         if not path.exists():
             continue

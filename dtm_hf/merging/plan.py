@@ -101,7 +101,7 @@ def make_plan(args) -> MergePlan:
     if len(set(refs)) != len(refs):
         raise DtmError(f"a sub-model is given twice ({', '.join(sorted({r for r in refs if refs.count(r) > 1}))}); "
                        "give each once and use --weights to weight it more")
-    check_apart(output, {f"the sub-model {ref}": path for ref, path in found})
+    check_apart(output, [("the sub-model", path) for _, path in found])
     subs = [sm.read(ref, path) for ref, path in found]
     weights = _weights(args, len(subs))
     base_ref, base_path = sm.resolve_base(args.base_model, subs)
