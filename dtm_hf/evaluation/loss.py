@@ -46,9 +46,12 @@ def check_weights(path: str) -> None:
     else:
         raise DtmError(f"the model {path} has neither config.json nor adapter_config.json; pass a model or LoRA "
                        "adapter folder (or Hub repo) with --models")
+    if pickled and not safe:
+        raise DtmError(f"the model {path} has only pickled (.bin) weights: safetensors only (a pickle can run code "
+                       "when loaded); re-save it with save_pretrained()")
     if not safe:
-        raise DtmError(f"the model {path} has {'only pickled (.bin)' if pickled else 'no'} weights: safetensors only "
-                       "(a pickle can run code when loaded); re-save it with save_pretrained()")
+        raise DtmError(f"the model {path} has no weights (no model.safetensors, index or adapter_model.safetensors); "
+                       "is it complete?")
 
 
 def load_model(path: str, dtype: str):

@@ -221,8 +221,8 @@ def read(ref: str, path: Path) -> SubModel:
         raise DtmError(f"sub-model {ref} has no {ADAPTER_WEIGHTS}{other}; is its training finished?")
     config = read_json(config_file, f"the adapter config of sub-model {ref}")
     if config.get("peft_type", "LORA") != "LORA" or config.get("use_dora"):
-        raise DtmError(f"sub-model {ref} is a {config.get('peft_type')}{' DoRA' if config.get('use_dora') else ''} "
-                       "adapter; dtm-hf merge takes plain LoRA adapters")
+        kind = "DoRA" if config.get("use_dora") else config.get("peft_type")
+        raise DtmError(f"sub-model {ref} is a {kind} adapter; dtm-hf merge takes plain LoRA adapters")
     rank, alpha = config.get("r"), config.get("lora_alpha", config.get("r"))
     if not (isinstance(rank, int) and rank >= 1 and isinstance(alpha, int | float) and not isinstance(alpha, bool)):
         raise DtmError(f"{config_file} needs a positive integer `r` and a number `lora_alpha` (got r={rank!r}, "
