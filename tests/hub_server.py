@@ -137,7 +137,8 @@ class HubServer:
 
     def fail(self, path_regex: str, status: int = 500, times: int | None = None, method: str | None = None) -> None:
         """Answer `status` to requests whose path matches `path_regex` (and `method`, when given): the next `times`
-        of them, or all until `heal()`. LFS uploads are `PUT /lfs-objects/...`, commits `POST /api/.../commit/...`."""
+        of them, or all until `heal()`. LFS uploads are `PUT /lfs-objects/{sha256}` (asked for even when the server
+        has the object, while they are to fail), commits `POST /api/{models|datasets}/{repo}/commit/main`."""
         with self._lock:
             self._faults.append([method, re.compile(path_regex), status, times])
 
@@ -146,12 +147,14 @@ class HubServer:
         with self._lock:
             self._faults.clear()
 
-    def _fault(self, method: str, path: str) -> int | None:
+    def _fault(self, method: str, path: str, use: bool = True) -> int | None:
+        """The status a request is to fail with (counted as one of its `times` when `use`), or None."""
         with self._lock:
             for fault in self._faults:
                 wanted, pattern, status, left = fault
                 if (wanted in (None, method)) and pattern.search(path) and left != 0:
-                    fault[3] = None if left is None else left - 1
+                    if use:
+                        fault[3] = None if left is None else left - 1
                     return status
         return None
 
@@ -461,7 +464,8 @@ class _Handler(BaseHTTPRequestHandler):
         objects = []
         for obj in body.get("objects", []):
             answer = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
-            if not self.hub.has_object(obj["oid"]):  # no `actions` tells the client it is already there
+            # No `actions` tells the client the object is already there; one whose upload is to fail is asked for
+            if not self.hub.has_object(obj["oid"]) or self.hub._fault("PUT", f"/lfs-objects/{obj['oid']}", use=False):
                 answer["actions"] = {"upload": {"href": f"{self.hub.url}/lfs-objects/{obj['oid']}", "header": {}}}
             objects.append(answer)
         self._send_json({"transfer": "basic", "objects": objects}, content_type="application/vnd.git-lfs+json")
