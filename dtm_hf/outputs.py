@@ -55,10 +55,13 @@ def output_lock(path: str | Path) -> Iterator[None]:
 
     path = Path(path).expanduser().absolute()
     made = [p for p in [path.parent, *path.parent.parents] if not p.exists()]  # removed again if left empty
-    path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.parent / f".{path.name}.lock"
     while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the folder was removed meanwhile by a writer of a sibling that gave up
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
