@@ -7,6 +7,7 @@ alike, before any work. A subclass adds its own checks in `__post_init__` after 
 """
 
 import dataclasses
+import enum
 import types
 import typing
 
@@ -59,6 +60,31 @@ def _convert(name: str, value, kind):
     else:
         return value
     raise DtmError(f"--{name} must be {_NAMES[kind]}, got {value!r}")
+
+
+_BASIC = (bool, int, float, str, type(None))
+
+
+def _basic(kind) -> bool:
+    """An annotation made of bool, int, float, str, None and lists of them only (what `_convert` checks)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType, list):
+        return all(_basic(a) for a in args)
+    return kind in _BASIC
+
+
+def check_fields(values) -> None:
+    """Check another library's argument dataclass (TRL's SFTConfig, ModelConfig) as `Arguments` checks its own:
+    the type and the choices of every field with a plain annotation, so that a YAML value of the wrong kind is one
+    line, not a failure deep inside training. The values are left as they are."""
+    hints = typing.get_type_hints(type(values))
+    for field in dataclasses.fields(values):
+        value, kind = getattr(values, field.name), hints.get(field.name)
+        if kind is not None and _basic(kind) and not isinstance(value, enum.Enum):
+            _convert(field.name, value, kind)
+        choices = field.metadata.get("choices")
+        if choices and value is not None and value not in choices:
+            raise DtmError(f"--{field.name} {value!r} is not one of the choices: {', '.join(map(str, choices))}")
 
 
 @dataclasses.dataclass

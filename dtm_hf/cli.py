@@ -29,7 +29,15 @@ COMMANDS = {
 }
 
 
+def _close_progress_bars() -> None:
+    """Progress bars the error cut short, closed, so that the error line starts a line of its own."""
+    tqdm = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
 def _error(prog: str, message: str) -> int:
+    _close_progress_bars()
     print(f"{prog}: error: {message}", file=sys.stderr)
     return 2
 
@@ -57,11 +65,11 @@ def read_yaml(path: str, what: str) -> dict:
 
 # Failures of the machine rather than of dtm-hf: one line each, with what to do.
 KNOWN_OS_ERRORS = {
-    errno.ENOSPC: "no space left on device{where}; free space and rerun (finished work is kept)",
-    errno.EDQUOT: "disk quota exceeded{where}; free space and rerun (finished work is kept)",
-    errno.EROFS: "read-only file system{where}; choose a writable output folder",
-    errno.EACCES: "permission denied{where}; choose a folder you can write to",
-    errno.EIO: "input/output error{where} (a failing disk or network file system?); check it and rerun",
+    errno.ENOSPC: "no space left on device{writing}; free space and rerun (finished work is kept)",
+    errno.EDQUOT: "disk quota exceeded{writing}; free space and rerun (finished work is kept)",
+    errno.EROFS: "read-only file system{at}; choose a writable output folder",
+    errno.EACCES: "permission denied{at}; choose a folder you can write to",
+    errno.EIO: "input/output error{at} (a failing disk or network file system?); check it and rerun",
 }
 
 # Keys users bring from TRL, transformers or older recipes, and what to write instead.
@@ -78,22 +86,26 @@ def parse_values(parser, values: dict, argv: Sequence[str], origin: str | None =
     """`values` (a config file's or a recipe section's keys, from `origin`) as the parser's defaults, then the flags
     in `argv` over them, into the parser's dataclasses, which check themselves. Unknown keys or flags raise
     DtmError."""
-    unknown = parser.set_defaults_with_config(**values)
-    if unknown:
-        keys = [k[2:] for k in unknown[::2]]
+    # Only the parser's own keys reach it: others (even `self`, or a number) are reported, never passed as kwargs
+    dests = {action.dest for action in parser._actions}
+    keys = [str(key) for key in values if key not in dests]
+    if keys:
         hints = "".join(f" ({key}: {HINTS[key]})" for key in keys if key in HINTS)
         raise DtmError(f"unknown key(s) {', '.join(map(repr, keys))}{f' in {origin}' if origin else ''}{hints}; the "
                        f"keys are the flags of `{parser.prog} --help`")
+    parser.set_defaults_with_config(**values)
     return _flags(parser, list(argv))
 
 
 def _flags(parser, argv: list[str]) -> tuple:
-    try:
-        *parsed, rest = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
-    except (ValueError, TypeError) as err:
-        raise DtmError(f"invalid configuration: {first_line(err)}") from err
+    parser.allow_abbrev = False  # flags spelled in full, as YAML keys are: `--n_cluster` is no `--n_clusters`
+    _, rest = parser.parse_known_args(argv)  # a misspelt flag is named before the values it left unset
     if rest:
         raise DtmError(f"unrecognized argument(s): {' '.join(rest)}; see `{parser.prog} --help`")
+    try:
+        *parsed, _ = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    except (ValueError, TypeError) as err:
+        raise DtmError(f"invalid configuration: {first_line(err)}") from err
     # `--config`, listed for --help, is read before parsing: its namespace of leftovers is not a dataclass
     return tuple(p for p in parsed if not isinstance(p, argparse.Namespace))
 
@@ -135,14 +147,15 @@ def run_command(make_parser: Callable, main: Callable, argv: Sequence[str] | Non
     except DtmError as err:
         sys.exit(_error(parser.prog, str(err)))
     except KeyboardInterrupt:
-        print(file=sys.stderr)  # off the line a progress bar was drawing
+        _close_progress_bars()
+        print(file=sys.stderr)  # off the line the terminal's ^C was echoed on
         _error(parser.prog, "interrupted; rerun the same command to resume (finished work is kept)")
         sys.exit(130)
     except OSError as err:
         if err.errno not in KNOWN_OS_ERRORS:
             raise  # our bug, or one we have not met: its traceback says where
-        where = f" at {err.filename}" if err.filename else ""
-        sys.exit(_error(parser.prog, KNOWN_OS_ERRORS[err.errno].format(where=where)))
+        at, writing = (f" at {err.filename}", f" writing {err.filename}") if err.filename else ("", "")
+        sys.exit(_error(parser.prog, KNOWN_OS_ERRORS[err.errno].format(at=at, writing=writing)))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -92,8 +92,9 @@ def distribute(args: DistributeArguments) -> Path:
     from .data.map import write_map
     from .data.repo import write_configs, write_metadata
     from .hub import push_folder
-    from .outputs import atomic_output_dir, check_output_dir
+    from .outputs import atomic_output_dir, check_apart, check_output_dir
 
+    check_apart(args.output_dir, {"the dataset": args.dataset})
     output = check_output_dir(args.output_dir, args.overwrite)
     timings = {}
     start = time.perf_counter()

@@ -76,15 +76,16 @@ def evaluate(args: EvaluateArguments) -> Path:
 
     from .data.repo import read_distribute_output
     from .evaluation.harness import run_lm_eval
-    from .evaluation.loss import ClusterLoss, cluster_loss, held_out_rows, load_model
+    from .evaluation.loss import ClusterLoss, check_weights, cluster_loss, held_out_rows, load_model
     from .evaluation.report import plot_results, results_table
     from .evaluation.seen import check_unseen
-    from .hub import local_or_hub
-    from .outputs import atomic_output_dir, check_output_dir
+    from .outputs import atomic_output_dir, check_apart, check_output_dir
 
     models = parse_models(args.models)
-    for path in models.values():  # every model found before any is loaded
-        local_or_hub(path, "the model", "--models")
+    for path in models.values():  # every model found, with safetensors weights, before any is loaded
+        check_weights(path)
+    inputs = [("the dataset", args.dataset), *((f"the model {name!r}", path) for name, path in models.items())]
+    check_apart(args.output_dir, inputs)
     output = check_output_dir(args.output_dir, args.overwrite)
     source = read_distribute_output(args.dataset)
     rows = held_out_rows(source, args.held_out, args.seed, args.max_rows_per_cluster)

@@ -85,11 +85,25 @@ def push_folder(folder: str | Path, repo_id: str, repo_type: str, private: bool,
     output is complete, and how to retry the upload alone (`retry`, else `hf upload`)."""
     try:
         return _push(Path(folder), repo_id, repo_type, private, message, card, token)
-    except (OSError, ValueError) as err:  # HTTP errors (HfHubHTTPError is an OSError), refused ids, lost connections
+    except (OSError, ValueError, RuntimeError, *_transport_errors()) as err:
+        # HTTP errors (HfHubHTTPError is an OSError), refused ids, failed LFS uploads (a RuntimeError), no connection
         retry = retry or (f"`hf upload {repo_id} {folder} .{' --repo-type dataset' if repo_type == 'dataset' else ''}"
                           f"{' --private' if private else ''}`")
-        raise DtmError(f"the upload of {folder} to the Hub repo {repo_id} failed ({first_line(err)}); the local output "
-                       f"is complete; retry the upload alone with {retry}") from err
+        reason = first_line(err)
+        cause = first_line(err.__cause__) if err.__cause__ is not None else reason
+        if cause not in reason:  # "Error while uploading 'x' to the Hub." says what; its cause says why
+            reason = f"{reason.rstrip('.')}: {cause}"
+        raise DtmError(f"the upload of {folder} to the Hub repo {repo_id} failed ({reason}); the local output is "
+                       f"complete; retry the upload alone with {retry}") from err
+
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """The HTTP client's errors for a Hub that cannot be reached (huggingface_hub's client raises them as they are)."""
+    try:
+        import httpx2
+    except ImportError:
+        return ()
+    return (httpx2.HTTPError,)
 
 
 def _push(folder: Path, repo_id: str, repo_type: str, private: bool, message: str, card: str | None,

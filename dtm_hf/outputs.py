@@ -6,7 +6,9 @@ temporary folders left by a killed run of the same output are removed by the nex
 """
 
 import contextlib
+import errno
 import os
+import re
 import shutil
 import socket
 import sys
@@ -28,6 +30,23 @@ def check_output_dir(output_dir: str | Path, overwrite: bool) -> Path:
     return path
 
 
+def check_apart(output: str | Path, inputs, flag: str = "--output_dir", may_hold: bool = False) -> None:
+    """The output must not be an input, sit inside one, or (unless `may_hold`) hold one: --overwrite would replace
+    it, or a later run would read the output as input. `inputs` holds (what the input is, its path) pairs, or maps
+    one to the other; Hub ids and missing paths are skipped."""
+    out = Path(output).expanduser().resolve()
+    for what, ref in inputs.items() if isinstance(inputs, dict) else inputs:
+        path = Path(ref).expanduser()
+        if not path.exists():
+            continue
+        other = path.resolve()
+        relation = ("is" if out == other else "is inside" if out.is_relative_to(other) else
+                    "holds" if other.is_relative_to(out) and not may_hold else None)
+        if relation:
+            raise DtmError(f"{flag} {output} {relation} {what} {ref}; choose another {flag} (an output never replaces "
+                           "or mixes with its inputs)")
+
+
 @contextlib.contextmanager
 def output_lock(path: str | Path) -> Iterator[None]:
     """Hold the lock of the output `path` (a file or folder, existing or not) for the block: a lock file beside it,
@@ -35,10 +54,14 @@ def output_lock(path: str | Path) -> Iterator[None]:
     import fcntl
 
     path = Path(path).expanduser().absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    made = [p for p in [path.parent, *path.parent.parents] if not p.exists()]  # removed again if left empty
     lock_path = path.parent / f".{path.name}.lock"
     while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the folder was removed meanwhile by a writer of a sibling that gave up
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -58,9 +81,49 @@ def output_lock(path: str | Path) -> Iterator[None]:
         os.write(fd, f"process {os.getpid()} on {socket.gethostname()} ({command}), since "
                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
         yield
+    except Exception as err:
+        if (code := _full_disk(err, path)) is None:
+            raise
+        # However a library reports it, a full disk is an OSError that names the output being written
+        raise OSError(code, os.strerror(code), str(path)) from err
     finally:
         lock_path.unlink(missing_ok=True)  # before the lock goes: a waiter then sees a new file and locks that
         os.close(fd)
+        for folder in made:  # the parent folders made for an output that was never written
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+# How libraries that write with their own code report a full disk: safetensors' Rust ("os error 28"), torch's
+# zip writer ("PytorchStreamWriter failed writing file", or an "unexpected pos" after a short write).
+_WRITE_FAILURES = re.compile(r"os error (28|122)\b|No space left on device|Disk quota exceeded|PytorchStreamWriter "
+                             r"failed writing|inline_container\.cc")
+
+
+def _full_disk(err: Exception, path: Path) -> int | None:
+    """ENOSPC or EDQUOT when `err`, raised while writing `path`, means that its disk is full; else None."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return err.errno
+    if isinstance(err, OSError) or not _WRITE_FAILURES.search(str(err)):
+        return None
+    if "122" in str(err) or "quota" in str(err):
+        return errno.EDQUOT
+    if "28" in str(err) or "No space" in str(err):
+        return errno.ENOSPC
+    try:  # torch's writer does not say why: the disk is full if (almost) nothing is left on it
+        return errno.ENOSPC if shutil.disk_usage(path.parent).free < 16 * 2**20 else None
+    except OSError:
+        return None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a small file (a record, a state) whole or not at all: a temporary file beside it, renamed over it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def remove_stale(final: Path) -> None:

@@ -59,9 +59,11 @@ class RunArguments(Arguments):
 def run(args: RunArguments) -> Path:
     import yaml
 
-    from .hub import redact, require_push_target
+    from .hub import redact
+    from .outputs import write_atomic
     from .pipeline.engine import Pipeline
     from .pipeline.layout import RunLayout
+    from .pipeline.push import check_repo_ids
     from .pipeline.recipe import load_recipe, parse_recipe
     from .pipeline.stages import missing_inputs, summary
 
@@ -69,13 +71,13 @@ def run(args: RunArguments) -> Path:
     sections = load_recipe(args.config, layout)
     recipe = parse_recipe(sections, layout, args.stage_list, args.parallel_submodels, args.gpus_per_submodel)
     if recipe.hub.push and "push" in args.stage_list:
-        require_push_target(True, recipe.hub.namespace, "hub.namespace")  # the token, before hours of training
+        check_repo_ids(recipe, layout.run_dir)  # the ids and the token, before hours of training
     pipeline = Pipeline(recipe, layout, args.overwrite, args.only)
     chosen = [name for name, stage in STAGES.items() if name in args.stage_list and stage.asked(recipe)]
     if problem := missing_inputs(pipeline, chosen):
         raise DtmError(problem)
     layout.run_dir.mkdir(parents=True, exist_ok=True)
-    layout.recipe_file.write_text(yaml.safe_dump(redact(sections), sort_keys=False))
+    write_atomic(layout.recipe_file, yaml.safe_dump(redact(sections), sort_keys=False))
     start = time.perf_counter()
     for name in chosen:
         STAGES[name].run(pipeline)

@@ -58,18 +58,22 @@ class DtmArguments(Arguments):
 def main(dtm_args: DtmArguments, training_args, model_args) -> list[Path]:
     """Train every sub-model asked for; returns their folders."""
     from .log import is_main_process
-    from .outputs import output_lock
+    from .outputs import check_apart, output_lock
     from .training.attention import resolve_attention
     from .training.chat_template import load_tokenizer
     from .training.kernels import check_kernels
     from .training.plan import check_quantization, describe, plan, resolve_model
     from .training.trainer import push, train_one
 
+    check(training_args, model_args)
     base = resolve_model(model_args)
     model_args.model_name_or_path = base
     check_quantization(model_args, training_args)
     check_kernels(training_args, model_args)
     model_args = copy.copy(model_args)  # the pipeline passes one ModelConfig to every sub-model's run
+    # Sub-models go to OUTPUT/<cluster>/: beside the inputs is fine, inside them is not
+    check_apart(training_args.output_dir, {"the dataset": dtm_args.dataset or "", "the base model": base},
+                may_hold=True)
     model_args.attn_implementation = resolve_attention(dtm_args.packed_attention, training_args, model_args)
     tokenizer, template_origin = load_tokenizer(dtm_args, model_args, training_args, base)
     runs = plan(dtm_args, training_args)
@@ -89,6 +93,17 @@ def main(dtm_args: DtmArguments, training_args, model_args) -> list[Path]:
     if trainer is not None:
         trainer.end()  # once, at the end: it closes the trackers and the process group that every run shares
     return [run.folder for run in runs]
+
+
+def check(training_args, model_args, hub: bool = True) -> None:
+    """The TRL and transformers settings and the LoRA modules against the base (its config), checked before any
+    work; also by `dtm-hf run` when it reads a recipe, with `hub` off: a Hub base is checked when training starts."""
+    from .training.plan import check_settings, check_target_modules, resolve_model
+
+    check_settings(training_args, model_args)
+    base = resolve_model(model_args)
+    if hub or Path(base).is_dir():
+        check_target_modules(model_args, base)
 
 
 def make_parser(prog: str | None = None):

@@ -36,3 +36,12 @@ def _stop_hub():
 def hub_server() -> HubServer:
     """The local Hub every Hugging Face client in the tests talks to (see tests/hub_server.py)."""
     return _hub
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> dict:
+    """The battery's inputs, made once: a tiny base, its data split in 2 clusters, two sub-models, a training recipe
+    (tests/battery_helpers.py). Tests copy what they change; the battery checks that nothing here is touched."""
+    from battery_helpers import make_world
+
+    return make_world(tmp_path_factory.mktemp("world"))

@@ -115,6 +115,7 @@ class HubServer:
         self._lock = threading.Lock()
         self._counter = itertools.count()  # makes commit ids unique even for identical commits
         self._httpd: ThreadingHTTPServer | None = None
+        self._faults: list[list] = []  # [method or None, compiled path pattern, status, answers left (None: all)]
 
     # ---- life cycle ----
 
@@ -133,6 +134,29 @@ class HubServer:
             self._httpd = None
 
     # ---- test helpers ----
+
+    def fail(self, path_regex: str, status: int = 500, times: int | None = None, method: str | None = None) -> None:
+        """Answer `status` to requests whose path matches `path_regex` (and `method`, when given): the next `times`
+        of them, or all until `heal()`. LFS uploads are `PUT /lfs-objects/{sha256}` (asked for even when the server
+        has the object, while they are to fail), commits `POST /api/{models|datasets}/{repo}/commit/main`."""
+        with self._lock:
+            self._faults.append([method, re.compile(path_regex), status, times])
+
+    def heal(self) -> None:
+        """No more faults: every request is answered normally again."""
+        with self._lock:
+            self._faults.clear()
+
+    def _fault(self, method: str, path: str, use: bool = True) -> int | None:
+        """The status a request is to fail with (counted as one of its `times` when `use`), or None."""
+        with self._lock:
+            for fault in self._faults:
+                wanted, pattern, status, left = fault
+                if (wanted in (None, method)) and pattern.search(path) and left != 0:
+                    if use:
+                        fault[3] = None if left is None else left - 1
+                    return status
+        return None
 
     def repo_exists(self, repo_id: str, repo_type: str = "model") -> bool:
         with self._lock:
@@ -243,6 +267,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.query = {key: values[-1] for key, values in parse_qs(query).items()}
         self.body = self._read_body()  # always read it, so that the kept-alive connection stays in step
         try:
+            if status := self.hub._fault(self.command, raw_path):
+                raise HubError(status, f"the test Hub server was told to fail {self.command} {raw_path}")
             for methods, pattern, name in ROUTES:
                 if self.command in methods and (match := pattern.fullmatch(raw_path)):
                     args = {key: unquote(value) for key, value in match.groupdict().items() if value is not None}
@@ -438,7 +464,8 @@ class _Handler(BaseHTTPRequestHandler):
         objects = []
         for obj in body.get("objects", []):
             answer = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
-            if not self.hub.has_object(obj["oid"]):  # no `actions` tells the client it is already there
+            # No `actions` tells the client the object is already there; one whose upload is to fail is asked for
+            if not self.hub.has_object(obj["oid"]) or self.hub._fault("PUT", f"/lfs-objects/{obj['oid']}", use=False):
                 answer["actions"] = {"upload": {"href": f"{self.hub.url}/lfs-objects/{obj['oid']}", "header": {}}}
             objects.append(answer)
         self._send_json({"transfer": "basic", "objects": objects}, content_type="application/vnd.git-lfs+json")

@@ -22,6 +22,38 @@ def held_out_rows(source, fraction: float, seed: int, limit: int | None) -> dict
     return rows
 
 
+def check_weights(path: str) -> None:
+    """A model to score must have safetensors weights: a `.bin` is a pickle, which can run code when loaded, so it
+    is refused (as `dtm-hf merge` refuses it) before any model is loaded."""
+    from ..hub import local_or_hub
+
+    ref, local = local_or_hub(path, "the model", "--models")
+    if local:
+        files = {p.name for p in Path(ref).iterdir()}
+    else:
+        from huggingface_hub import list_repo_files
+
+        try:
+            files = set(list_repo_files(ref))
+        except Exception as err:  # noqa: BLE001 - any Hub failure means this model is unusable; say which and why
+            raise DtmError(f"cannot list the files of the Hub model {ref!r} ({first_line(err)}); check the id, the "
+                           "network and HF_TOKEN") from err
+    if "adapter_config.json" in files:
+        safe, pickled = "adapter_model.safetensors" in files, "adapter_model.bin" in files
+    elif "config.json" in files:
+        safe = "model.safetensors" in files or "model.safetensors.index.json" in files
+        pickled = any(f.startswith("pytorch_model") and f.endswith(".bin") for f in files)
+    else:
+        raise DtmError(f"the model {path} has neither config.json nor adapter_config.json; pass a model or LoRA "
+                       "adapter folder (or Hub repo) with --models")
+    if pickled and not safe:
+        raise DtmError(f"the model {path} has only pickled (.bin) weights: safetensors only (a pickle can run code "
+                       "when loaded); re-save it with save_pretrained()")
+    if not safe:
+        raise DtmError(f"the model {path} has no weights (no model.safetensors, index or adapter_model.safetensors); "
+                       "is it complete?")
+
+
 def load_model(path: str, dtype: str):
     """A full model or a LoRA adapter (on its recorded base), with a tokenizer that has a chat template."""
     import torch
@@ -41,9 +73,9 @@ def load_model(path: str, dtype: str):
         if is_adapter:
             from peft import AutoPeftModelForCausalLM
 
-            model = AutoPeftModelForCausalLM.from_pretrained(ref, dtype=dtype).merge_and_unload()
+            model = AutoPeftModelForCausalLM.from_pretrained(ref, dtype=dtype, use_safetensors=True).merge_and_unload()
         else:
-            model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(ref)
     except (OSError, ValueError) as err:
         raise DtmError(f"cannot load the model {path!r}: {first_line(err)}") from err

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import DtmError
 from .methods import METHODS
+from .stream.writer import check_finite
 from .submodels import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, SubModel, model_shapes
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,8 @@ def save(out: Path, merged: dict, saved: dict, template: SubModel, base_ref: str
         tensors[stem + ".lora_A.weight"] = a.to(cast).contiguous()
         tensors[stem + ".lora_B.weight"] = b.to(cast).contiguous()
     tensors.update({PEFT_PREFIX + name: t.to(cast).contiguous() for name, t in saved.items()})
+    for name, tensor in tensors.items():
+        check_finite(name, tensor)
     targets = sorted({module.removesuffix(".weight").rsplit(".", 1)[-1] for module in merged})
     config = dict(template.adapter_config, r=rank, lora_alpha=alpha, target_modules=targets,
                   base_model_name_or_path=base_ref, use_rslora=False, rank_pattern={}, alpha_pattern={},

@@ -87,8 +87,10 @@ def _weights(args, count: int) -> list[float]:
 
 def make_plan(args) -> MergePlan:
     """Check every input against the others; `args` (MergeArguments) checked its own values when it was built."""
-    from ..outputs import check_output_dir
+    from ..outputs import check_apart, check_output_dir
 
+    if args.base_model:
+        check_apart(args.output_dir, {"the base model": args.base_model})
     output = check_output_dir(args.output_dir, args.overwrite)
     for ref in args.submodels:
         if "+" in ref or "@" in ref:
@@ -99,11 +101,11 @@ def make_plan(args) -> MergePlan:
     if len(set(refs)) != len(refs):
         raise DtmError(f"a sub-model is given twice ({', '.join(sorted({r for r in refs if refs.count(r) > 1}))}); "
                        "give each once and use --weights to weight it more")
-    if any(Path(ref).is_relative_to(output) for ref in refs if Path(ref).is_absolute()):
-        raise DtmError(f"the output folder {output} holds a sub-model; choose another --output_dir")
+    check_apart(output, [("the sub-model", path) for _, path in found])
     subs = [sm.read(ref, path) for ref, path in found]
     weights = _weights(args, len(subs))
     base_ref, base_path = sm.resolve_base(args.base_model, subs)
+    check_apart(output, {"the base model": base_path})
     if "+" in base_ref or "@" in base_ref:
         raise DtmError(f"the base model path {base_ref!r} contains '+' or '@', which mergekit cannot read; move it")
     sm.check_against_base(subs, sm.model_shapes(base_path))
@@ -112,6 +114,13 @@ def make_plan(args) -> MergePlan:
         sm.check_same_adapters(subs, f"--method {args.method} (A and B averaged separately)")
     if args.output_format != "full":
         check_supported(subs)
+    exact_rank = sum(s.rank for s in subs)
+    if args.adapter_rank is not None and args.adapter_rank > exact_rank:
+        raise DtmError(f"--adapter_rank {args.adapter_rank} is above the exact merge's rank {exact_rank} (the sum of "
+                       "the sub-models' ranks), so it would only add zeros; leave it out for the exact adapter or "
+                       f"choose at most {exact_rank}")
+    for sub in subs:
+        sm.check_finite(sub)
 
     templates = {chat_template_of(s.path) for s in subs} - {None}
     if len(templates) > 1:

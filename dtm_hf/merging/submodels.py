@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import DtmError
+from ..errors import DtmError, first_line
 from ..hub import download, hub_id_problem
 from ..names import ALL as BASELINE  # the training root's sub-model trained on every row: a baseline, never merged
 from ..names import MARKER as TRAIN_MARKER
@@ -83,30 +83,79 @@ class SubModel:
 
     def load_tensors(self) -> tuple[dict, dict]:
         """The adapter's weights as ({base weight: (A, B)}, {base weight: saved module weight}), as stored."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        tensors = load_file(self.path / ADAPTER_WEIGHTS)
+        try:
+            tensors = load_file(self.path / ADAPTER_WEIGHTS)
+        except SafetensorError as err:
+            raise _unreadable(self.path / ADAPTER_WEIGHTS, err) from err
         modules = self.lora_modules()
         lora_keys = {key for pair in modules.values() for key in pair}
         loras = {weight: (tensors[a], tensors[b]) for weight, (a, b) in modules.items()}
         return loras, {key.removeprefix(PEFT_PREFIX): t for key, t in tensors.items() if key not in lora_keys}
 
 
+def read_json(path: Path, what: str) -> dict:
+    """A JSON object from `path`; a broken one is one line naming the file and where it breaks."""
+    try:
+        value = json.loads(path.read_text())
+    except ValueError as err:
+        where = f" at line {err.lineno}, column {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
+        raise DtmError(f"{path} ({what}) is not valid JSON{where}: {getattr(err, 'msg', err)}; restore or re-save "
+                       "it") from err
+    if not isinstance(value, dict):
+        raise DtmError(f"{path} ({what}) must be a JSON object, not a {type(value).__name__}")
+    return value
+
+
+def _unreadable(path: Path, err: Exception) -> DtmError:
+    return DtmError(f"{path} is not a readable safetensors file ({first_line(err)}); it is truncated or corrupted: "
+                    "restore, re-save or retrain it")
+
+
 def safetensors_shapes(path: Path) -> dict[str, list[int]]:
     """Tensor name -> shape, from the file's header alone."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(path, framework="pt") as f:
-        return {name: f.get_slice(name).get_shape() for name in f.keys()}
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {name: f.get_slice(name).get_shape() for name in f.keys()}
+    except SafetensorError as err:
+        raise _unreadable(path, err) from err
+
+
+def check_finite(sub: "SubModel") -> None:
+    """Every tensor of the adapter holds finite numbers: a NaN or inf (a diverged training) would spread to every
+    merged weight it touches."""
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    path = sub.path / ADAPTER_WEIGHTS
+    try:
+        with safe_open(path, framework="pt") as f:
+            for name in f.keys():
+                tensor = f.get_tensor(name)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    bad = int((~torch.isfinite(tensor)).sum())
+                    raise DtmError(f"sub-model {sub.ref}: tensor {name} has {bad} non-finite value(s) (NaN or inf), "
+                                   "as after a diverged training; retrain it or leave it out")
+    except SafetensorError as err:
+        raise _unreadable(path, err) from err
 
 
 def model_shapes(folder: Path) -> dict[str, list[int]]:
     """Weight name -> shape of a safetensors model folder, sharded or not."""
     index = folder / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else (
+    weight_map = read_json(index, "the base model's shard index").get("weight_map") if index.is_file() else None
+    if index.is_file() and not isinstance(weight_map, dict):
+        raise DtmError(f"{index} has no weight_map; restore or re-save the base model")
+    files = sorted(set(weight_map.values())) if weight_map else (
         ["model.safetensors"] if (folder / "model.safetensors").is_file() else [])
     if not files:
         raise DtmError(f"the base model {folder} has no model.safetensors (or index); safetensors weights only")
+    if (folder / "config.json").is_file():
+        read_json(folder / "config.json", "the base model's config")
     shapes = {}
     for name in files:
         shapes.update(safetensors_shapes(folder / name))
@@ -170,17 +219,26 @@ def read(ref: str, path: Path) -> SubModel:
     if not (path / ADAPTER_WEIGHTS).is_file():
         other = " (only adapter_model.bin: safetensors only, re-save it)" if (path / "adapter_model.bin").exists() else ""
         raise DtmError(f"sub-model {ref} has no {ADAPTER_WEIGHTS}{other}; is its training finished?")
-    config = json.loads(config_file.read_text())
+    config = read_json(config_file, f"the adapter config of sub-model {ref}")
     if config.get("peft_type", "LORA") != "LORA" or config.get("use_dora"):
-        raise DtmError(f"sub-model {ref} is a {config.get('peft_type')}{' DoRA' if config.get('use_dora') else ''} "
-                       "adapter; dtm-hf merge takes plain LoRA adapters")
+        kind = "DoRA" if config.get("use_dora") else config.get("peft_type")
+        raise DtmError(f"sub-model {ref} is a {kind} adapter; dtm-hf merge takes plain LoRA adapters")
+    rank, alpha = config.get("r"), config.get("lora_alpha", config.get("r"))
+    if not (isinstance(rank, int) and rank >= 1 and isinstance(alpha, int | float) and not isinstance(alpha, bool)):
+        raise DtmError(f"{config_file} needs a positive integer `r` and a number `lora_alpha` (got r={rank!r}, "
+                       f"lora_alpha={alpha!r}); restore it or retrain the sub-model")
     marker_file = path / TRAIN_MARKER
-    marker = json.loads(marker_file.read_text()) if marker_file.is_file() else None
+    marker = read_json(marker_file, f"the training record of sub-model {ref}") if marker_file.is_file() else None
     card_datasets = []
     if marker is None and (path / "README.md").is_file():
+        import yaml
         from huggingface_hub import ModelCard
 
-        datasets = ModelCard.load(path / "README.md").data.to_dict().get("datasets") or []
+        try:
+            datasets = ModelCard.load(path / "README.md").data.to_dict().get("datasets") or []
+        except (ValueError, yaml.YAMLError) as err:
+            logger.warning(f"{path / 'README.md'}: unreadable card metadata ({first_line(err)}); no datasets taken")
+            datasets = []
         card_datasets = [datasets] if isinstance(datasets, str) else list(datasets)
     return SubModel(ref=ref, path=path, adapter_config=config, marker=marker, card_datasets=card_datasets)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..hub import push_folder
 from ..names import ALL, MARKER
+from ..outputs import write_atomic
 from ..training.card import card as submodel_card
 
 HUB_URL = "https://huggingface.co"
@@ -21,17 +22,35 @@ def _merged_card(folder: Path, *, datasets: list[str], submodels: list[str], lin
     return str(merged)
 
 
+def repo_ids(recipe, run_dir: Path, trained: list[str]) -> tuple[str, dict[str, str], dict[str, str]]:
+    """The Hub repos of a run: its dataset's, each trained model's and each merge's."""
+    namespace, prefix = recipe.hub.namespace, recipe.hub.prefix or run_dir.name
+    return (f"{namespace}/{prefix}-data", {name: f"{namespace}/{prefix}-{name}" for name in trained},
+            {name: f"{namespace}/{prefix}-merged-{name}" for name in recipe.merges})
+
+
+def check_repo_ids(recipe, run_dir: Path) -> None:
+    """Every repo the push stage will make must be a valid Hub id, known before any stage runs."""
+    from ..errors import DtmError
+    from ..hub import hub_id_problem, require_push_target
+
+    require_push_target(True, recipe.hub.namespace, "hub.namespace")  # and the token, before hours of training
+    k = recipe.distribute.n_clusters if recipe.distribute and recipe.distribute.n_clusters else 1
+    dataset_id, model_ids, merge_ids = repo_ids(recipe, run_dir, ["baseline", f"cluster_{k - 1}"])
+    for repo in [dataset_id, *model_ids.values(), *merge_ids.values()]:
+        if problem := hub_id_problem(repo):
+            raise DtmError(f"the push stage would create the Hub repo {repo!r}, which is not a valid repo id "
+                           f"({problem}); set hub.prefix (default: the run folder's name) or hub.namespace")
+
+
 def push_run(p) -> dict:
     from huggingface_hub import DatasetCard
 
     from ..merging.submodels import expand
 
     hub, layout = p.recipe.hub, p.layout
-    namespace, prefix = hub.namespace, hub.prefix or layout.run_dir.name
-    dataset_id = f"{namespace}/{prefix}-data"
     trained = layout.trained_models()
-    model_ids = {name: f"{namespace}/{prefix}-{name}" for name in trained}
-    merge_ids = {name: f"{namespace}/{prefix}-merged-{name}" for name in p.recipe.merges}
+    dataset_id, model_ids, merge_ids = repo_ids(p.recipe, layout.run_dir, list(trained))
 
     def dataset_link(config: str) -> str:
         return f"config `{config}` of [{dataset_id}]({HUB_URL}/datasets/{dataset_id})"
@@ -64,5 +83,5 @@ def push_run(p) -> dict:
                     card=text, retry=retry)
 
     pushed = {"dataset": dataset_id, **model_ids, **{f"merged_{n}": i for n, i in merge_ids.items()}}
-    layout.pushed_file.write_text(json.dumps(pushed, indent=2) + "\n")
+    write_atomic(layout.pushed_file, json.dumps(pushed, indent=2) + "\n")
     return pushed

@@ -109,6 +109,10 @@ def parse_recipe(sections: dict, layout: RunLayout, stages: list[str], parallel:
         recipe.train = parse_section(train, values, {
             "dataset": data, "cluster": "all_clusters", "overwrite": False, "push_to_hub": False,
             "output_dir": str(layout.submodels_dir)}, "train")
+        try:
+            train.check(*recipe.train[1:], hub=False)  # offline: a Hub base is checked by the train stage
+        except DtmError as err:
+            raise DtmError(f"recipe section 'train': {err}") from err
     if (values := _section(sections, "evaluate", dict)) is not None:
         if recipe.train is None:
             raise DtmError("recipe section 'evaluate' needs a 'train' section: it evaluates what the recipe trains")

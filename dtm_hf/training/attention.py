@@ -106,6 +106,13 @@ def resolve_attention(choice: str, training_args, model_args) -> str | None:
     if choice != "auto" and explicit:
         raise DtmError(f"set either packed_attention ({choice}) or attn_implementation ({explicit}), not both")
     if explicit:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        register()
+        known = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+        if explicit not in known and "/" not in explicit:  # "org/repo": a kernel from the Hub
+            raise DtmError(f"unknown attn_implementation {explicit!r}; choose one of {', '.join(known)}, or leave it "
+                           "unset for packed_attention to choose")
         logger.info(f"Attention: {explicit} (attn_implementation)")
         return explicit
     if not packed_batches(training_args):

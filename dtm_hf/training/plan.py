@@ -7,7 +7,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import DtmError
+from ..errors import DtmError, first_line
 from ..names import MARKER
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,97 @@ def check_quantization(model_args, training_args) -> None:
     if training_args.use_cpu or not torch.cuda.is_available():
         logger.info("Note: 4-bit on CPU runs bitsandbytes' CPU kernels: it works, but is much slower than LoRA on the "
                     "unquantized base; use it to test a QLoRA recipe, train on a GPU.")
+
+
+def check_settings(training_args, model_args) -> None:
+    """TRL's and transformers' settings that would otherwise fail deep inside training (or train nothing), as one
+    line each before any work: types and choices as flags are checked, then ranges and combinations."""
+    from ..arguments import Arguments, check_fields
+
+    check_fields(training_args)
+    check_fields(model_args)
+    t, m, in_range = training_args, model_args, Arguments.in_range
+    if t.max_length is None:
+        raise DtmError("--max_length must be set: dtm-hf encodes each row up to max_length tokens")
+    in_range("max_length", t.max_length, 2)
+    in_range("learning_rate", t.learning_rate, 0)
+    in_range("per_device_train_batch_size", t.per_device_train_batch_size, 1)
+    in_range("gradient_accumulation_steps", t.gradient_accumulation_steps, 1)
+    if t.max_steps <= 0:  # epochs decide the length of the run
+        in_range("num_train_epochs", t.num_train_epochs, 0, low_open=True)
+    in_range("weight_decay", t.weight_decay, 0)
+    in_range("adam_beta1", t.adam_beta1, 0, 1, high_open=True)
+    in_range("adam_beta2", t.adam_beta2, 0, 1, high_open=True)
+    in_range("adam_epsilon", t.adam_epsilon, 0)
+    in_range("seed", t.seed, 0, 2**32 - 1)
+    in_range("dataloader_num_workers", t.dataloader_num_workers, 0)
+    if t.save_strategy == "steps":
+        in_range("save_steps", t.save_steps, 0, low_open=True)
+    if t.eval_strategy != "no":
+        strategy = getattr(t.eval_strategy, "value", t.eval_strategy)
+        raise DtmError(f"--eval_strategy {strategy}: dtm-hf train has no evaluation split; set eval_strategy: no and "
+                       "score held-out rows with --held_out and `dtm-hf evaluate`")
+    _check_reporting(t.report_to)
+    if m.use_peft:
+        in_range("lora_r", m.lora_r, 1)
+        in_range("lora_alpha", m.lora_alpha, 0, low_open=True)
+        in_range("lora_dropout", m.lora_dropout, 0, 1, high_open=True)
+        from trl import get_peft_config
+
+        try:  # PEFT's own checks of the LoRA configuration (the task type, ...)
+            get_peft_config(m)
+        except (ValueError, TypeError) as err:
+            raise DtmError(f"invalid LoRA settings: {first_line(err)}") from err
+
+
+def _check_reporting(report_to) -> None:
+    from transformers.integrations import get_available_reporting_integrations
+
+    available = get_available_reporting_integrations()
+    for name in report_to or []:
+        if name not in ("none", "all") and name not in available:
+            raise DtmError(f"--report_to {name}: its package is not installed here; install it or set report_to: none")
+
+
+def check_target_modules(model_args, base: str) -> None:
+    """LoRA's target modules and modules_to_save must name modules of the base (PEFT says so only once the model
+    is loaded). A single plain name is a list of one, as `--lora_target_modules q_proj` means, not a regular
+    expression over full module names (how PEFT reads a string)."""
+    import re
+
+    targets = model_args.lora_target_modules
+    if not model_args.use_peft or targets is None:
+        return
+    if isinstance(targets, str) and targets != "all-linear" and re.fullmatch(r"[\w.]+", targets):
+        model_args.lora_target_modules = targets = [targets]
+    names = _module_names(model_args, base)
+    if isinstance(targets, str):
+        found = targets == "all-linear" or any(re.fullmatch(targets, n) for n in names)
+        missing = [] if found else [targets]
+    else:
+        missing = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
+    missing += [t for t in model_args.lora_modules_to_save or [] if not any(n == t or n.endswith(f".{t}")
+                                                                            for n in names)]
+    if missing:
+        inner = {n.rpartition(".")[0] for n in names}
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in names if n and n not in inner})
+        raise DtmError(f"LoRA module(s) {missing} are not in the base model {base}; its modules are named "
+                       f"{', '.join(leaves)}")
+
+
+def _module_names(model_args, base: str) -> list[str]:
+    """The base's module names, from its config on the meta device (no weights read)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    remote = bool(getattr(model_args, "trust_remote_code", False))
+    try:
+        config = AutoConfig.from_pretrained(base, revision=model_args.model_revision, trust_remote_code=remote)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=remote)
+    except (OSError, ValueError) as err:
+        raise DtmError(f"cannot read the base model {base}: {first_line(err)}") from err
+    return [name for name, _ in model.named_modules()]
 
 
 def _complete(checkpoint: Path) -> bool:

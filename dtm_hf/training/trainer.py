@@ -90,7 +90,8 @@ def train_one(run: Run, tokenizer, base: str, dtm_args, training_args, model_arg
         folder = run.folder
         trainer.state.save_to_json(str(folder / "trainer_state.json"))
         (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle, and it may hold a hub token
-        for checkpoint in folder.glob("checkpoint-*"):  # optimizer states; the sub-model is what is kept
+        # optimizer states, and checkpoints an interrupted save left incomplete; the sub-model is what is kept
+        for checkpoint in [*folder.glob("checkpoint-*"), *folder.glob(".incomplete-checkpoint-*")]:
             shutil.rmtree(checkpoint)
         source = dtm_args.dataset
         path = Path(source).expanduser()

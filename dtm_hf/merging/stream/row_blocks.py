@@ -124,4 +124,4 @@ class RowBlockMerge:
                 torch.sub(self._rows(model, start, stop).to(dtype), base, out=out).abs_()
             else:
                 out.copy_(self._rows(model, start, stop).to(dtype) - base).abs_()
-        return top_k_rule(magnitudes, max(1, int(density * numel)))
+        return top_k_rule(magnitudes, max(1, int(density * numel)), self.inputs[model][2])

@@ -17,7 +17,7 @@ import contextlib
 from ...errors import DtmError
 
 
-def top_k_rule(w, k: int) -> tuple[float, int]:
+def top_k_rule(w, k: int, name: str | None = None) -> tuple[float, int]:
     """(t, last) such that `keep_mask(w, 0, t, last)` keeps the first k entries of a stable descending sort of
     the flat float tensor `w` (1 <= k <= w.numel())."""
     import numpy as np
@@ -36,7 +36,9 @@ def top_k_rule(w, k: int) -> tuple[float, int]:
         at_least = None if nan else int(torch.count_nonzero(w >= t))
         tied = None if nan or at_least == k else (w == t).nonzero().squeeze(1)
     if nan:
-        raise DtmError("a task vector holds NaN values; check the sub-models' weights (a diverged training run?)")
+        # The sub-models' adapters were checked finite when they were read: the NaN comes from the base
+        raise DtmError(f"the task vector of {name or 'a tensor'} holds NaN values: the base model's tensor holds NaN "
+                       "(the sub-models' adapters are finite); check the base model")
     if tied is None:
         return float(t), n - 1
     wanted = k - (at_least - len(tied))  # how many entries equal to t to keep: the first ones in index order

@@ -5,8 +5,22 @@ import json
 import os
 from pathlib import Path
 
+from ...errors import DtmError
+
 SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
 STORED_DTYPES = {code: name for name, code in SAFETENSORS_DTYPES.items()}
+
+
+def check_finite(name: str, tensor) -> None:
+    """A merged tensor (or block of its rows) must hold finite numbers: a NaN or inf comes from an input (the base
+    or a sub-model) or from an overflow of the output dtype, and would make the merged model useless."""
+    import torch
+
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise DtmError(f"the merged tensor {name} has {bad} non-finite value(s) (NaN or inf): the base model's tensor "
+                       f"holds them, or the merge overflows {str(tensor.dtype).removeprefix('torch.')}; check the base "
+                       "model (and try --dtype float32); nothing was written")
 
 
 class StreamingShardWriter:
@@ -50,6 +64,7 @@ class StreamingShardWriter:
                 first_row + (tensor.shape[0] if shape else 1) > (shape[0] if shape else 1)):
             raise RuntimeError(f"{name}: planned {dtype}{shape}, merged {tensor.dtype}{list(tensor.shape)} "
                                f"from row {first_row}")
+        check_finite(name, tensor)
         view = memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
         offset += first_row * (len(view) // tensor.shape[0] if shape and tensor.shape[0] else 0)
         written = 0
