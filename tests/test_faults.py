@@ -185,9 +185,11 @@ def test_ctrl_c_in_each_command(world, command, target, tmp_path, monkeypatch, c
             "run": ["--config", _distribute_recipe(world, tmp_path), "--run_dir", out,
                     "--stages", "distribute"]}[command]
     monkeypatch.setattr(target, _interrupt)
-    if command == "run":  # the run folder holds the recipe as run; the stage wrote nothing
+    if command == "run":  # the run folder holds the recipe as run and the stage's unfinished record; no data
         assert_refused(capsys, command, argv, "interrupted; rerun the same command to resume", out / "data", code=130)
-        assert sorted(p.name for p in out.iterdir()) == ["recipe.yaml"] and leftovers(out) == []
+        assert sorted(p.name for p in out.iterdir()) == [".digests.json", "recipe.yaml", "run_state.json"]
+        assert json.loads((out / "run_state.json").read_text())["distribute"]["finished"] is False
+        assert leftovers(out) == []
     else:
         assert_refused(capsys, command, argv, "interrupted; rerun the same command to resume", out, code=130)
 

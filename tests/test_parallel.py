@@ -90,7 +90,7 @@ def test_only_trains_one_and_later_stages_find_them(inputs, tmp_path, capsys):
     config = write_recipe(tmp_path / "dtm.yaml", content)
     assert dtm("run", "--config", config, "--run_dir", run_dir, "--stages", "distribute") == 0
     assert dtm("run", "--config", config, "--run_dir", run_dir, "--stages", "train", "--only", "cluster_1") == 0
-    assert sorted(p.name for p in (run_dir / "submodels").iterdir()) == ["cluster_1"]
+    assert sorted(p.name for p in (run_dir / "submodels").iterdir() if not p.name.startswith(".")) == ["cluster_1"]
     capsys.readouterr()
     assert dtm("run", "--config", config, "--run_dir", run_dir, "--stages", "merge") == 2
     assert "the merge stage needs the train stage's outputs" in one_error_line(capsys, "run")
@@ -103,6 +103,21 @@ def test_only_trains_one_and_later_stages_find_them(inputs, tmp_path, capsys):
     assert "--only cluster_9: the recipe trains cluster_0, cluster_1, all" in one_error_line(capsys, "run")
     assert dtm("run", "--config", config, "--run_dir", run_dir, "--only", "cluster_0") == 2
     assert "use it with --stages train" in one_error_line(capsys, "run")
+
+    # The recipe changed: a job retrains its sub-model (it was made with other settings), a rerun keeps it, and
+    # the later stages wait for every sub-model to be retrained.
+    content["train"]["learning_rate"] = 0.02
+    write_recipe(config, content)
+    marker = run_dir / "submodels" / "cluster_0" / "dtm_train.json"
+    before = marker.stat().st_mtime_ns
+    assert dtm("run", "--config", config, "--run_dir", run_dir, "--stages", "train", "--only", "cluster_0") == 0
+    retrained = marker.stat().st_mtime_ns
+    assert retrained != before and json.loads(marker.read_text())["hyperparameters"]["learning_rate"] == 0.02
+    assert dtm("run", "--config", config, "--run_dir", run_dir, "--stages", "train", "--only", "cluster_0") == 0
+    assert marker.stat().st_mtime_ns == retrained
+    capsys.readouterr()
+    assert dtm("run", "--config", config, "--run_dir", run_dir, "--stages", "merge") == 2
+    assert "needs the train stage's outputs, made with the recipe as it is now" in one_error_line(capsys, "run")
 
 
 def readme_blocks() -> tuple[str, list[str]]:

@@ -287,3 +287,34 @@ def test_a_later_stage_on_a_fresh_run_folder_names_the_stage_to_run_first(inputs
     line = one_error_line(capsys, "run")
     assert f"the {stages} stage needs the {needs} stage's outputs" in line and f"--stages {needs},{stages}" in line
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_changed_stage_interrupted_resumes_without_redoing_what_finished(inputs, tmp_path, monkeypatch):
+    content = recipe(inputs, merge=[])
+    content.pop("evaluate")
+    config = write_recipe(tmp_path / "dtm.yaml", content)
+    run_dir = tmp_path / "run"
+    assert run("--config", config, "--run_dir", run_dir) == 0
+    content["train"]["learning_rate"] = 0.02
+    write_recipe(config, content)
+
+    trained, original = [], dtm_hf.train.main
+
+    def second_is_interrupted(dtm_args, *rest):
+        if len(trained) == 1:
+            raise KeyboardInterrupt
+        trained.append(dtm_args.cluster)
+        return original(dtm_args, *rest)
+
+    monkeypatch.setattr(dtm_hf.train, "main", second_is_interrupted)
+    assert run("--config", config, "--run_dir", run_dir) == 130
+    assert trained == ["cluster_0"]
+    first = (run_dir / "submodels" / "cluster_0" / "dtm_train.json").stat().st_mtime_ns
+    monkeypatch.setattr(dtm_hf.train, "main", lambda d, *rest: (trained.append(d.cluster), original(d, *rest)))
+    assert run("--config", config, "--run_dir", run_dir) == 0
+    assert trained == ["cluster_0", "cluster_1", "all"]  # cluster_0 kept: it was made with the new settings
+    assert (run_dir / "submodels" / "cluster_0" / "dtm_train.json").stat().st_mtime_ns == first
+    for folder in ("submodels/cluster_1", "baseline/all"):
+        marker = json.loads((run_dir / folder / "dtm_train.json").read_text())
+        assert marker["hyperparameters"]["learning_rate"] == 0.02

@@ -27,7 +27,7 @@ MAX_SHARD_BYTES = 500 * 2**20
 # ---- Writing ------------------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(2**24):
@@ -44,7 +44,7 @@ def _write_config(data, folder: Path, name: str, total_bytes: int, total_rows: i
     for i in range(shards):
         tmp = folder / name / f"shard-{i}.tmp"
         data.shard(shards, i, contiguous=True).to_parquet(str(tmp))
-        digest = _sha256(tmp)[:16]
+        digest = sha256_file(tmp)[:16]
         path = f"{name}/train-{i:05d}-of-{shards:05d}-{digest}.parquet"
         tmp.rename(folder / path)
         paths.append(path)

@@ -5,11 +5,11 @@ unchanged and whose outputs are complete is skipped; otherwise it runs, and the 
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 
 from ..hub import redact
+from ..outputs import write_atomic
 from .fingerprint import Digests, changes
 from .layout import RunLayout
 from .recipe import Recipe
@@ -25,17 +25,26 @@ class Pipeline:
         self.digests = Digests(layout.run_dir / ".digests.json")
         self.summary: list[tuple[str, str, float]] = []
 
+    @staticmethod
+    def settings_record(settings: dict) -> tuple[dict, str]:
+        """(settings as recorded: JSON, tokens redacted; their fingerprint)."""
+        settings = json.loads(json.dumps(redact(settings), default=str))
+        return settings, hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
     def stage(self, name: str, settings: dict, outputs_complete: Callable[[], bool],
               work: Callable[[bool], None]) -> None:
         """Run `work(changed)` unless the stage is current; `changed` says that outputs it made before are stale
-        (settings or inputs changed), so they must be replaced rather than resumed."""
-        settings = json.loads(json.dumps(redact(settings), default=str))
-        fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        (settings or inputs changed since they were made), so they must be replaced rather than resumed. The new
+        record is kept before the work starts, marked unfinished: a rerun after a failure or an interruption
+        resumes with the same settings instead of starting over."""
+        settings, fingerprint = self.settings_record(settings)
         recorded = self.state.get(name, {})
         changed = recorded.get("fingerprint") not in (None, fingerprint)
-        if not self.overwrite and not changed and recorded and outputs_complete():
+        finished = recorded.get("finished", True)
+        if not self.overwrite and not changed and recorded and finished and outputs_complete():
             logger.info(f"[{name}] skipped: outputs complete, settings and inputs unchanged")
             self.summary.append((name, "skipped", 0.0))
+            self.digests.save()
             return
         if self.overwrite:
             reason = "--overwrite"
@@ -44,12 +53,14 @@ class Pipeline:
         elif changed:
             reason = "; ".join(changes(recorded.get("settings", {}), settings)) or "settings changed"
         else:
-            reason = "outputs incomplete (interrupted)"
+            reason = "interrupted: resuming" if not finished else "outputs incomplete"
         logger.info(f"[{name}] running ({reason})")
+        self.state[name] = {"fingerprint": fingerprint, "settings": settings, "finished": False}
+        self._save()
         start = time.perf_counter()
         work(changed or self.overwrite)
         elapsed = time.perf_counter() - start
-        self.state[name] = {"fingerprint": fingerprint, "seconds": round(elapsed, 2), "settings": settings}
+        self.state[name].update(finished=True, seconds=round(elapsed, 2))
         self._save()
         self.summary.append((name, "ran", elapsed))
 
@@ -66,7 +77,5 @@ class Pipeline:
 
     def _save(self) -> None:
         """run_state.json whole or not at all; the digest cache beside it."""
-        tmp = self.layout.state_file.with_name(f".run_state.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.state, indent=2) + "\n")
-        tmp.replace(self.layout.state_file)
+        write_atomic(self.layout.state_file, json.dumps(self.state, indent=2) + "\n")
         self.digests.save()

@@ -8,10 +8,10 @@ stage that reproduces identical outputs stops the cascade.
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
-CHUNK = 16 * 2**20
+from ..data.repo import sha256_file
+from ..outputs import write_atomic
 
 
 class Digests:
@@ -30,12 +30,9 @@ class Digests:
         cached = self.cache.get(key)
         if cached and cached[:2] == [stat.st_size, stat.st_mtime_ns]:
             return cached[2]
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            while chunk := f.read(CHUNK):
-                digest.update(chunk)
-        self.cache[key] = [stat.st_size, stat.st_mtime_ns, digest.hexdigest()]
-        return digest.hexdigest()
+        digest = sha256_file(path)
+        self.cache[key] = [stat.st_size, stat.st_mtime_ns, digest]
+        return digest
 
     def signature(self, ref: str | Path | None, skip: tuple[str, ...] = ()) -> str | None:
         """A local file's or folder's content digest (folder files named in `skip`, and hidden ones, left out);
@@ -53,9 +50,8 @@ class Digests:
         return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
     def save(self) -> None:
-        tmp = self.cache_file.with_name(f"{self.cache_file.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.cache))
-        tmp.replace(self.cache_file)
+        if self.cache_file.parent.is_dir():
+            write_atomic(self.cache_file, json.dumps(self.cache))
 
 
 def _flatten(value, prefix: str = "") -> dict:

@@ -75,9 +75,9 @@ def _progress(path: Path) -> tuple[int, int | None]:
 
 
 def run_jobs(names: list[str], slots: list[Slot], logs: Path,
-             command: Callable[[str, Slot, Path], tuple[list[str], dict]]) -> list[str]:
-    """Run one job per name, as many at a time as there are slots; `command(name, slot, progress_file)` gives its
-    argv and environment. Returns the names whose job failed."""
+             command: Callable[[str, Slot], tuple[list[str], dict]]) -> list[str]:
+    """Run one job per name, as many at a time as there are slots; `command(name, slot)` gives its argv and
+    environment. Returns the names whose job failed."""
     from tqdm.auto import tqdm
 
     logs.mkdir(parents=True, exist_ok=True)
@@ -89,7 +89,7 @@ def run_jobs(names: list[str], slots: list[Slot], logs: Path,
                 name, slot = queue.pop(0), free.pop(0)
                 progress = logs / f".train-{name}.progress"
                 progress.unlink(missing_ok=True)
-                argv, env = command(name, slot, progress)
+                argv, env = command(name, slot)
                 log = (logs / f"train-{name}.log").open("a")
                 log.write(f"[{_stamp()}] started: {' '.join(argv)}\n")
                 log.flush()

@@ -6,12 +6,15 @@ import copy
 import dataclasses
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from .. import distribute, evaluate, merge, train
 from ..errors import DtmError
 from ..names import ALL, MARKER, MERGE_MARKER
+from ..outputs import output_lock, write_atomic
 from .engine import Pipeline
 from .jobs import make_slots, run_jobs
 from .launch import train_command
@@ -42,34 +45,83 @@ def stage_distribute(p: Pipeline) -> None:
     p.stage("distribute", settings, lambda: data_complete(p), lambda changed: distribute.main(args))
 
 
+def train_targets(p: Pipeline) -> list[str]:
+    """The sub-models the recipe trains: every cluster, then the all-data baseline when asked."""
+    return p.layout.clusters() + ([ALL] if p.recipe.train[0].baseline else [])
+
+
 def train_jobs(p: Pipeline) -> dict[str, tuple]:
-    """One `dtm-hf train` per sub-model, cluster by cluster, then the all-data baseline: its three dataclasses."""
+    """One `dtm-hf train` per sub-model: its three dataclasses."""
     dtm_args, training_args, model_args = p.recipe.train
-    targets = p.layout.clusters() + ([ALL] if dtm_args.baseline else [])
     jobs = {}
-    for cluster in targets:
+    for cluster in train_targets(p):
         job_training = copy.deepcopy(training_args)
         job_training.output_dir = str(p.layout.trained_dir(cluster).parent)
         jobs[cluster] = (dataclasses.replace(dtm_args, cluster=cluster, baseline=False), job_training, model_args)
     return jobs
 
 
+def train_settings(p: Pipeline) -> dict:
+    dtm_args, _, model_args = p.recipe.train
+    return {"train": p.recipe.sections["train"], "accelerate_config": p.recipe.accelerate_config,
+            "held_out": dtm_args.held_out,
+            "inputs": {"base_model": p.digests.signature(model_args.model_name_or_path), "data": data_signature(p),
+                       "accelerate_config": p.digests.signature(p.recipe.accelerate_config)}}
+
+
 def train_complete(p: Pipeline) -> bool:
-    return data_complete(p) and all((p.layout.trained_dir(c) / MARKER).is_file() for c in train_jobs(p))
+    """Every sub-model finished, with the recipe's current settings."""
+    if not data_complete(p):
+        return False
+    fingerprint = p.settings_record(train_settings(p))[1]
+    return all((p.layout.trained_dir(c) / MARKER).is_file() and _stamped(p, c) == fingerprint
+               for c in train_targets(p))
 
 
-def train_all(p: Pipeline, jobs: dict[str, tuple], changed: bool) -> None:
+def _stamped(p: Pipeline, cluster: str) -> str | None:
+    stamp = _stamp(p, cluster)
+    return stamp.read_text().strip() if stamp.is_file() else None
+
+
+def _stamp(p: Pipeline, cluster: str) -> Path:
+    """Beside a sub-model's folder: the fingerprint of the settings its contents (checkpoints, then the finished
+    sub-model) were made with. It survives the folder's replacement, and concurrent `--only` jobs write their own."""
+    folder = p.layout.trained_dir(cluster)
+    return folder.parent / f".{folder.name}.fingerprint"
+
+
+def train_all(p: Pipeline, jobs: dict[str, tuple], fingerprint: str, overwrite: bool, unstamped_current: bool) -> None:
     """Train `jobs` (cluster -> dataclasses): in this process one after another, or as processes of their own when
-    the recipe trains several at a time or through accelerate. A finished sub-model is skipped unless `changed`."""
-    jobs = {c: (dataclasses.replace(d, overwrite=changed), t, m) for c, (d, t, m) in jobs.items()}
-    if p.recipe.parallel_submodels == 1 and not p.recipe.accelerate_config:
-        for job in jobs.values():
-            train.main(*job)
+    the recipe trains several at a time or through accelerate. A sub-model finished with these settings is kept,
+    one begun with them resumes, and one made with other settings (or any, with `overwrite`) is trained anew.
+    `unstamped_current`: a folder without a stamp (made before stamps) counts as made with these settings."""
+    todo = {}
+    for cluster in jobs:
+        stamped = _stamped(p, cluster)
+        current = not overwrite and (stamped == fingerprint or (stamped is None and unstamped_current))
+        if not (current and (p.layout.trained_dir(cluster) / MARKER).is_file()):
+            todo[cluster] = current
+
+    def begin(cluster: str) -> tuple:
+        """Just before a job starts: a folder made with other settings goes, then the stamp names these."""
+        folder = p.layout.trained_dir(cluster)
+        if not todo[cluster] and folder.is_dir():  # (a file in the way is the training's to report)
+            with output_lock(folder):
+                shutil.rmtree(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(_stamp(p, cluster), fingerprint + "\n")
+        return jobs[cluster]
+
+    if not todo:
+        logger.info("[train] every sub-model is complete with these settings")
         return
-    todo = [c for c in jobs if changed or not (p.layout.trained_dir(c) / MARKER).is_file()]
-    slots = make_slots(p.recipe.parallel_submodels, p.recipe.gpus_per_submodel, jobs[next(iter(jobs))][1].use_cpu)
+    if p.recipe.parallel_submodels == 1 and not p.recipe.accelerate_config:
+        for cluster in todo:
+            train.main(*begin(cluster))
+        return
+    slots = make_slots(p.recipe.parallel_submodels, p.recipe.gpus_per_submodel, p.recipe.train[1].use_cpu)
     logger.info(f"[train] {len(todo)} sub-model(s), {len(slots)} at a time; logs in {p.layout.logs_dir}")
-    failed = run_jobs(todo, slots, p.layout.logs_dir, lambda c, slot, _: train_command(p, c, jobs[c], slot))
+    failed = run_jobs(list(todo), slots, p.layout.logs_dir, lambda c, slot: train_command(p, c, begin(c), slot))
     if failed:
         logs = ", ".join(str(p.layout.logs_dir / f"train-{c}.log") for c in failed)
         raise DtmError(f"training failed for {', '.join(failed)} ({len(todo) - len(failed)} of {len(todo)} finished); "
@@ -77,19 +129,20 @@ def train_all(p: Pipeline, jobs: dict[str, tuple], changed: bool) -> None:
 
 
 def stage_train(p: Pipeline) -> None:
-    dtm_args, _, model_args = p.recipe.train
+    settings = train_settings(p)
+    fingerprint = p.settings_record(settings)[1]
+    recorded = p.state.get("train", {})
+    unstamped_current = recorded.get("fingerprint") == fingerprint and recorded.get("finished", True)
     jobs = train_jobs(p)
-    if p.only:
+    if p.only:  # one job of an array: the stage is recorded by a run of every sub-model, the job by its stamp
         if p.only not in jobs:
             raise DtmError(f"--only {p.only}: the recipe trains {', '.join(jobs)}")
-        logger.info(f"[train] {p.only} only (--only); the stage is recorded by a run of every sub-model")
-        train_all(p, {p.only: jobs[p.only]}, changed=False)
+        logger.info(f"[train] {p.only} only (--only)")
+        train_all(p, {p.only: jobs[p.only]}, fingerprint, p.overwrite, unstamped_current)
+        p.digests.save()
         return
-    settings = {"train": p.recipe.sections["train"], "accelerate_config": p.recipe.accelerate_config,
-                "held_out": dtm_args.held_out,
-                "inputs": {"base_model": p.digests.signature(model_args.model_name_or_path), "data": data_signature(p),
-                           "accelerate_config": p.digests.signature(p.recipe.accelerate_config)}}
-    p.stage("train", settings, lambda: train_complete(p), lambda changed: train_all(p, jobs, changed))
+    p.stage("train", settings, lambda: train_complete(p),
+            lambda changed: train_all(p, jobs, fingerprint, p.overwrite, unstamped_current))
 
 
 def trained_signatures(p: Pipeline) -> dict[str, str]:
@@ -163,7 +216,8 @@ def missing_inputs(p: Pipeline, chosen: list[str]) -> str | None:
         for need in STAGES[name].needs:
             if need in chosen or not STAGES[need].asked(p.recipe) or STAGES[need].complete(p):
                 continue
-            return (f"the {name} stage needs the {need} stage's outputs, which {p.layout.run_dir} does not have yet; "
+            return (f"the {name} stage needs the {need} stage's outputs, made with the recipe as it is now, which "
+                    f"{p.layout.run_dir} does not have yet; "
                     f"run the {need} stage first (e.g. --stages {need},{name}, or every stage)")
     return None
 
