@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .arguments import Arguments
 from .cli import add_config_flag, run_command
+from .data.embeddings import BACKENDS
 from .data.formats import FORMAT_COLUMNS, detect_format
 from .data.partition import METHODS
 from .errors import DtmError
@@ -58,7 +59,7 @@ class DistributeArguments(Arguments):
         "help": "Sentence-transformers model (Hub id or local folder), or a model2vec model for the static backend."})
     embedding_backend: str = field(default="transformer", metadata={
         "help": "transformer (the model itself) or static (a model2vec distillation of it: ~200x faster on CPU).",
-        "choices": ["transformer", "static"]})
+        "choices": list(BACKENDS)})
     embedding_batch_size: int = field(default=256, metadata={"help": "Rows per embedding batch."})
     map: bool = field(default=False, metadata={
         "help": "Draw map.png for random and source too, embedding a sample of at most 20,000 rows for it (the "

@@ -4,9 +4,10 @@
         --dataset my-org/tulu-v2-k4 --held_out 0.05 --output_dir eval
 
 For every model (a full model or a LoRA adapter, local or on the Hub) and every cluster of a distribute output,
-the mean cross-entropy on the assistant reply and its EOS over the held-out rows (the rows that
-`dtm-hf train --held_out` kept out of training), per cluster and overall. Writes `results.json`,
-`results.md` (models x clusters, best per column in bold), `results.png` and prints the table.
+the mean cross-entropy on the assistant reply and the token that ends its turn (the tokens training labels) over
+the held-out rows (the rows that `dtm-hf train --held_out` kept out of training), per cluster and overall. A model
+that trained on a row to be scored is refused. Writes `results.json`, `results.md` (models x clusters, best per
+column in bold, the rows behind each loss), `results.png` and prints the table.
 """
 
 import json

@@ -58,10 +58,14 @@ def require_push_target(push_to_hub: bool, repo_id: str | None, flag: str, place
         raise DtmError("--push_to_hub needs a Hub token: run `hf auth login` or set HF_TOKEN")
 
 
+# Keys whose values are secrets (TRL's `hub_token`, and the names other tools use for the same).
+SECRET_KEYS = {"hub_token", "token", "hf_token", "use_auth_token", "api_key"}
+
+
 def redact(values):
-    """`values` (a recipe, a section) with the value of every key that names a token replaced: never on disk."""
+    """`values` (a recipe, a section) with every secret's value replaced: never on disk."""
     if isinstance(values, dict):
-        return {k: "<redacted>" if "token" in str(k).lower() and v else redact(v) for k, v in values.items()}
+        return {k: "<redacted>" if str(k).lower() in SECRET_KEYS and v else redact(v) for k, v in values.items()}
     if isinstance(values, list):
         return [redact(v) for v in values]
     return values

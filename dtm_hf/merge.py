@@ -91,7 +91,10 @@ class MergeArguments(Arguments):
         if method.adapter is None and self.output_format != "full":
             raise DtmError(f"--output_format {self.output_format} is exact only for --method linear; use "
                            f"--output_format full for {self.method}")
-        if self.adapter_rank is not None and (self.output_format == "full" or method.adapter != "exact"):
+        if self.adapter_rank is not None and method.adapter != "exact":
+            raise DtmError(f"--adapter_rank truncates an exact adapter, which --method {self.method} does not write; "
+                           "use it with --method linear")
+        if self.adapter_rank is not None and self.output_format == "full":
             raise DtmError("--adapter_rank applies to the linear merge's adapter: add --output_format adapter or both")
         self.in_range("adapter_rank", self.adapter_rank, 1)
         if self.emit_only and method.mergekit is None:

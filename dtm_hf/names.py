@@ -9,6 +9,7 @@ import re
 
 ALL = "all"  # the config with every row, and the sub-model trained on it: the paper's all-data baseline
 ALL_CLUSTERS = "all_clusters"  # the training selection "each cluster in turn"
+BASELINE = "baseline"  # how `dtm-hf run` names the sub-model trained on `all` (its folder, evaluation, Hub repo)
 MARKER = "dtm_train.json"
 MERGE_MARKER = "dtm_merge.json"  # beside a merge: its sub-models and what each trained on
 CLUSTER = re.compile(r"cluster_(\d+)")

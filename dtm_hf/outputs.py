@@ -30,21 +30,21 @@ def check_output_dir(output_dir: str | Path, overwrite: bool) -> Path:
     return path
 
 
-def check_apart(output: str | Path, inputs, flag: str = "--output_dir", may_hold: bool = False) -> None:
+def check_apart(output: str | Path, inputs, may_hold: bool = False) -> None:
     """The output must not be an input, sit inside one, or (unless `may_hold`) hold one: --overwrite would replace
     it, or a later run would read the output as input. `inputs` holds (what the input is, its path) pairs, or maps
     one to the other; Hub ids and missing paths are skipped."""
     out = Path(output).expanduser().resolve()
     for what, ref in inputs.items() if isinstance(inputs, dict) else inputs:
-        path = Path(ref).expanduser()
-        if not path.exists():
+        path = Path(ref).expanduser() if ref else None
+        if path is None or not path.exists():  # unset (its own check says so), a Hub id, or not made yet
             continue
         other = path.resolve()
         relation = ("is" if out == other else "is inside" if out.is_relative_to(other) else
                     "holds" if other.is_relative_to(out) and not may_hold else None)
         if relation:
-            raise DtmError(f"{flag} {output} {relation} {what} {ref}; choose another {flag} (an output never replaces "
-                           "or mixes with its inputs)")
+            raise DtmError(f"--output_dir {output} {relation} {what} {ref}; choose another --output_dir (an output never "
+                           "replaces or mixes with its inputs)")
 
 
 @contextlib.contextmanager

@@ -3,11 +3,11 @@
     dtm-hf run                                              # demo: ./dtm-demo, a few minutes on 2 CPU cores
     dtm-hf run --config recipes/llama-2-7b/dtm.yaml --run_dir runs/llama2-dtm
 
-A pipeline recipe has one section per step, `distribute:`, `train:`, `merge:` (a list), `evaluate:`, and
-`hub:`, whose keys are exactly those of the step commands (copy a section into a step's own `--config`). The
-run folder holds `data/`, `submodels/<cluster>/`, `baseline/`, `merged/<name>/`, `eval/` and `recipe.yaml`.
-A stage whose settings and inputs are unchanged and whose outputs are complete is skipped; a changed setting
-re-runs that stage and the ones after it.
+A pipeline recipe has one section per step, `distribute:`, `train:`, `merge:` (a list) and `evaluate:`, whose
+keys are exactly those of the step commands (copy a section into a step's own `--config`), and `hub:`
+(`namespace`, `push`, `private`, `prefix`). The run folder holds `data/`, `submodels/<cluster>/`, `baseline/`,
+`merged/<name>/`, `eval/`, `logs/` and `recipe.yaml`. A stage whose settings and input contents are unchanged and
+whose outputs are complete is skipped; a changed setting re-runs that stage and the ones whose inputs it changes.
 """
 
 import logging

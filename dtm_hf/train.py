@@ -8,10 +8,11 @@ The input is a `dtm-hf distribute` output (its folder or its Hub dataset repo). 
 (`cluster_3`), a union (`cluster_0+cluster_1`), `all` (every row: the paper's baseline) or `all_clusters` (each
 cluster in turn; `--baseline` adds `all`). Each run writes `OUTPUT_DIR/<cluster>/`: the adapter, the tokenizer
 with its chat template, `trainer_state.json`, a card, and last `dtm_train.json`, which marks it complete. A
-complete run is skipped on a rerun unless `--overwrite`; an interrupted one resumes from its last checkpoint.
+complete run is skipped on a rerun unless `--overwrite`; an interrupted one resumes from its last complete
+checkpoint.
 
-The loss covers the assistant reply and its EOS token only (`assistant_only_loss`), which needs a chat template
-with `{% generation %}` markers: base models without a template get dtm-hf's default (Tulu's format).
+The loss covers the assistant reply and the token that ends its turn only (`assistant_only_loss`), with any chat
+template (training/tokenize.py); base models without a template get dtm-hf's default (Tulu's format).
 """
 
 import contextlib
@@ -65,14 +66,14 @@ def main(dtm_args: DtmArguments, training_args, model_args) -> list[Path]:
     from .training.plan import check_quantization, describe, plan, resolve_model
     from .training.trainer import push, train_one
 
+    model_args = copy.copy(model_args)  # the pipeline passes one ModelConfig to every sub-model's run
     check(training_args, model_args)
     base = resolve_model(model_args)
     model_args.model_name_or_path = base
     check_quantization(model_args, training_args)
     check_kernels(training_args, model_args)
-    model_args = copy.copy(model_args)  # the pipeline passes one ModelConfig to every sub-model's run
     # Sub-models go to OUTPUT/<cluster>/: beside the inputs is fine, inside them is not
-    check_apart(training_args.output_dir, {"the dataset": dtm_args.dataset or "", "the base model": base},
+    check_apart(training_args.output_dir, {"the dataset": dtm_args.dataset, "the base model": base},
                 may_hold=True)
     model_args.attn_implementation = resolve_attention(dtm_args.packed_attention, training_args, model_args)
     tokenizer, template_origin = load_tokenizer(dtm_args, model_args, training_args, base)

@@ -129,7 +129,7 @@ INPUTS = [
     ("dataset-missing", lambda w, t: ["--dataset", t / "missing"], "does not exist"),
     ("dataset-not-ours", _not_distributed, "is not a `dtm-hf distribute` output"),
     ("dataset-broken-stats", _broken_stats, "is not a `dtm-hf distribute` output"),
-    ("dataset-hub-missing", lambda w, t: ["--dataset", "tester/no-such-data"], "cannot read README.md"),
+    ("dataset-hub-missing", lambda w, t: ["--dataset", "tester/no-such-data"], "cannot fetch the dataset 'tester/no-such-data' from the Hub"),
     ("base-missing", lambda w, t: ["--model_name_or_path", t / "missing"], "the base model"),
     ("base-a-file", _base_file, "is a file"),
     ("output-a-file", lambda w, t: ["--output_dir", t / "out.txt"], "is a file; choose a folder"),

@@ -156,3 +156,12 @@ def test_help_lists_config_and_names_the_command(command):
     assert done.stdout.startswith(f"usage: dtm-hf {command} ")
     assert "--config" in done.stdout
     assert done.stderr == ""  # no third-party noise, not even for --help
+
+
+def test_redact_hides_secrets_only():
+    from dtm_hf.hub import redact
+
+    section = {"hub_token": "hf_secret", "pad_token": "<pad>", "eos_token": "</s>", "nested": [{"token": "hf_x"}],
+               "average_tokens_across_devices": True}
+    assert redact(section) == {"hub_token": "<redacted>", "pad_token": "<pad>", "eos_token": "</s>",
+                               "nested": [{"token": "<redacted>"}], "average_tokens_across_devices": True}

@@ -22,13 +22,15 @@ RANK, ALPHA = 4, 8
 merge = partial(dtm, "merge")
 
 
-def make_submodel(base, folder, seed, cluster, rank=RANK, alpha=ALPHA, targets=TARGETS, modules_to_save=None):
+def make_submodel(base, folder, seed, cluster, rank=RANK, alpha=ALPHA, targets=TARGETS, modules_to_save=None,
+                  use_rslora=False):
     """A LoRA adapter with random, non-zero B (as after training), the tokenizer and a `dtm_train.json` marker."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
-        r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, modules_to_save=modules_to_save))
+        r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, modules_to_save=modules_to_save,
+        use_rslora=use_rslora))
     generator = torch.Generator().manual_seed(seed)
     for name, param in model.named_parameters():
         if "lora_" in name or "modules_to_save" in name:
@@ -233,6 +235,26 @@ def test_paper_mode_averages_a_and_b_separately(setup, tmp_path):
     config = json.loads((out / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"]) == (RANK, ALPHA)
     assert "Not an average of the sub-models" in (out / "README.md").read_text()
+
+
+def test_paper_mode_keeps_the_rslora_scale(setup, tmp_path):
+    """rsLoRA scales B @ A by alpha / sqrt(r); the averaged adapter is saved as plain LoRA (alpha / r), so its alpha
+    must carry the same scale."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    subs = [make_submodel(setup["base"], tmp_path / f"rs_{i}", seed=20 + i, cluster=f"cluster_{i}", use_rslora=True)
+            for i in range(2)]
+    out = tmp_path / "paper"
+    assert merge("--submodels", *subs, "--method", "paper", "--output_dir", out) == 0
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(setup["base"]), out).merge_and_unload()
+    a = [load_file(sub / "adapter_model.safetensors") for sub in subs]
+    key = next(k for k in a[0] if k.endswith("mlp.up_proj.lora_A.weight"))
+    mean_a = (a[0][key] + a[1][key]) / 2
+    mean_b = (a[0][key.replace("lora_A", "lora_B")] + a[1][key.replace("lora_A", "lora_B")]) / 2
+    base = model_tensors(setup["base"])["model.layers.0.mlp.up_proj.weight"]
+    expected = base + ALPHA / RANK**0.5 * mean_b @ mean_a
+    torch.testing.assert_close(merged.state_dict()["model.layers.0.mlp.up_proj.weight"], expected, atol=1e-5, rtol=0)
 
 
 def test_retrained_adapter_in_place_is_never_served_stale(setup, tmp_path):

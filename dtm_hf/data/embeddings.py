@@ -43,8 +43,6 @@ class Encoder:
     """Encodes texts in batches into L2-normalised float32 vectors, on a GPU when there is one."""
 
     def __init__(self, model: str, backend: str, batch_size: int):
-        if backend not in BACKENDS:
-            raise DtmError(f"unknown --embedding_backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.backend, self.batch_size = backend, batch_size
         try:
             self.model = self._load_static(model) if backend == "static" else self._load_transformer(model)

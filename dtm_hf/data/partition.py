@@ -62,8 +62,6 @@ def embed(data, args) -> np.ndarray:
     """L2-normalised embeddings of every row's `--embed_field`, with the `--embedding_*` options."""
     from .embeddings import Encoder
 
-    if args.embed_field not in ("instruction", "response", "both"):
-        raise DtmError(f"unknown --embed_field {args.embed_field!r}; choose instruction, response or both")
     encoder = Encoder(args.embedding_model, args.embedding_backend, args.embedding_batch_size)
     return encoder.encode_chunks(first_turn_texts(data, args.embed_field), total=len(data))
 

@@ -87,21 +87,11 @@ class DistributeOutput:
 
 def _metadata_files(dataset: str) -> tuple[str, Path, Path]:
     """(ref, README.md, stats.json) of a local folder or a Hub dataset repo."""
-    from ..hub import local_or_hub
+    from ..hub import download, local_or_hub
 
     ref, local = local_or_hub(dataset, "--dataset", "--dataset (the output of `dtm-hf distribute`)")
-    if local:
-        return ref, Path(ref) / "README.md", Path(ref) / "stats.json"
-    from huggingface_hub import hf_hub_download
-
-    files = []
-    for name in ("README.md", "stats.json"):
-        try:
-            files.append(Path(hf_hub_download(dataset, name, repo_type="dataset")))
-        except Exception as err:  # noqa: BLE001 - a repo without these files is not a distribute output
-            raise DtmError(f"cannot read {name} of the Hub dataset {dataset!r} ({first_line(err)}); pass the output "
-                           "of `dtm-hf distribute`") from err
-    return dataset, files[0], files[1]
+    folder = Path(ref) if local else download(dataset, "dataset", ["README.md", "stats.json"], repo_type="dataset")
+    return ref, folder / "README.md", folder / "stats.json"
 
 
 def read_distribute_output(dataset: str) -> DistributeOutput:

@@ -2,7 +2,7 @@
 dtm_hf.tiny_model OUTPUT_DIR` writes one).
 
 Every linear layer's output width is a multiple of 32 (bitsandbytes' CPU 4-bit kernel asserts otherwise).
-The tokenizer carries the default chat template (the Tulu format, with generation markers for loss masking).
+The tokenizer carries the default chat template (the Tulu format).
 """
 
 from collections.abc import Iterable
@@ -40,8 +40,8 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 512):
 
 def build_tiny_llama(tokenizer, hidden_size: int = 64, num_layers: int = 2, seed: int = 0,
                      num_key_value_heads: int = 4):
-    """A randomly initialised 2-layer Llama sized to the tokenizer (vocab rounded up to a multiple of 32), with 4
-    attention heads (grouped-query attention with fewer key/value heads)."""
+    """A randomly initialised Llama (2 layers by default) sized to the tokenizer (vocab rounded up to a multiple of
+    32), with 4 attention heads; fewer `num_key_value_heads` make it grouped-query."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 

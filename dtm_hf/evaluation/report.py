@@ -31,7 +31,7 @@ def results_table(losses: dict[str, dict], counts: dict[str, dict], extra: dict[
     return "\n".join(lines) + "\n"
 
 
-def plot_results(losses: dict[str, dict[str, float]], path: Path, reference: str | None = None) -> None:
+def plot_results(losses: dict[str, dict[str, float]], path: Path) -> None:
     """Grouped bars of held-out loss per column on an axis from zero, so that bars compare by their heights.
     The reference model (`base` when there is one, else the first) is labelled with its loss, every other
     model with its change from the reference: green where lower, red where higher."""
@@ -44,7 +44,7 @@ def plot_results(losses: dict[str, dict[str, float]], path: Path, reference: str
     from ..data.palette import distinct_colors
 
     models, columns = list(losses), list(next(iter(losses.values())))
-    reference = reference or ("base" if "base" in losses else models[0])
+    reference = "base" if "base" in losses else models[0]
     x = np.arange(len(columns))
     width = 0.8 / len(models)
     crowded = len(models) * len(columns) > 12

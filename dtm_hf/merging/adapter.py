@@ -139,7 +139,8 @@ def write_adapter(plan, out: Path, adapter_rank: int | None, dtype: str | None) 
     template = plan.submodels[0]
     if METHODS[plan.method].adapter == "paper":
         merged, saved = paper(plan.submodels, plan.weights, plan.base_path)
-        save(out, merged, saved, template, plan.base_ref, template.rank, template.alpha, dtype)
+        save(out, merged, saved, template, plan.base_ref, template.rank,
+             template.scale * template.rank, dtype)  # the saved config is plain LoRA (scale alpha / r): same scale
         return None
     merged, saved, rank = concat(plan.submodels, plan.weights, plan.base_path)
     errors = None

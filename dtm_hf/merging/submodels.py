@@ -3,7 +3,8 @@
 A sub-model is a folder with a PEFT LoRA adapter (`adapter_config.json`, `adapter_model.safetensors`), the
 tokenizer and, when `dtm-hf train` wrote it, the marker `dtm_train.json` (cluster, dataset, config, base, ...).
 A training output root stands for all its clusters, `cluster_0` ... in order; its baseline `all` is left out.
-Everything here reads metadata only (JSON files and safetensors headers), so it runs before any work.
+Everything here runs before any merge work: JSON files and safetensors headers, and the adapters' tensors (small)
+to check that they are finite.
 """
 
 import json
@@ -274,8 +275,8 @@ def check_against_base(submodels: list[SubModel], base_shapes: dict[str, list[in
 
 
 def check_same_adapters(submodels: list[SubModel], what: str) -> None:
-    """Methods that combine A and B matrices themselves need equal ranks, alphas and target modules."""
-    for attr in ("rank", "alpha", "target_modules", "modules_to_save"):
+    """Methods that combine A and B matrices themselves need equal ranks, scales and target modules."""
+    for attr in ("rank", "alpha", "scale", "target_modules", "modules_to_save"):
         values = {s.ref: getattr(s, attr) for s in submodels}
         if len({json.dumps(v) for v in values.values()}) > 1:
             listing = "; ".join(f"{ref}: {v}" for ref, v in values.items())

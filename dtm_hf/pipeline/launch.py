@@ -10,7 +10,7 @@ import yaml
 from .jobs import Slot, slot_env
 
 
-def job_recipe(p, cluster: str, job: tuple, folder: Path) -> Path:
+def job_recipe(p, cluster: str, job: tuple) -> Path:
     """The train section with this run's paths and this job's cluster filled in."""
     dtm_args, training_args, _ = job
     # The child only trains (this run pushes); a token in the section stays out of the file.
@@ -18,14 +18,14 @@ def job_recipe(p, cluster: str, job: tuple, folder: Path) -> Path:
     values = {**section, "dataset": dtm_args.dataset, "cluster": cluster, "baseline": False,
               "held_out": dtm_args.held_out, "overwrite": dtm_args.overwrite, "push_to_hub": False,
               "output_dir": training_args.output_dir}
-    path = folder / f"train-{cluster}.yaml"
+    path = p.layout.logs_dir / f"train-{cluster}.yaml"
     path.write_text(yaml.safe_dump(values))
     return path
 
 
 def train_command(p, cluster: str, job: tuple, slot: Slot) -> tuple[list[str], dict[str, str]]:
     """argv and environment of the job that trains `cluster` in `slot`."""
-    recipe = job_recipe(p, cluster, job, p.layout.logs_dir)
+    recipe = job_recipe(p, cluster, job)
     train = ["-m", "dtm_hf.train", "--config", str(recipe)]
     # This interpreter's accelerate, so that the run works without the environment's bin/ on PATH.
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(slot.port)]

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..names import ALL, MARKER, cluster_names
+from ..names import ALL, BASELINE, MARKER, cluster_names
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,7 @@ class RunLayout:
 
     data_dir = property(lambda self: self.run_dir / "data")
     submodels_dir = property(lambda self: self.run_dir / "submodels")
-    baseline_dir = property(lambda self: self.run_dir / "baseline")
+    baseline_dir = property(lambda self: self.run_dir / BASELINE)
     merged_dir = property(lambda self: self.run_dir / "merged")
     eval_dir = property(lambda self: self.run_dir / "eval")
     logs_dir = property(lambda self: self.run_dir / "logs")
@@ -37,5 +37,5 @@ class RunLayout:
 
     def trained_models(self) -> dict[str, Path]:
         """The trained models by name: the baseline (when it was trained) and every cluster's sub-model."""
-        baseline = {"baseline": self.trained_dir(ALL)} if (self.trained_dir(ALL) / MARKER).is_file() else {}
+        baseline = {BASELINE: self.trained_dir(ALL)} if (self.trained_dir(ALL) / MARKER).is_file() else {}
         return {**baseline, **{c: self.trained_dir(c) for c in self.clusters()}}

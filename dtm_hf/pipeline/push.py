@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from ..hub import push_folder
-from ..names import ALL, MARKER
+from ..names import ALL, BASELINE, MARKER, cluster_name
 from ..outputs import write_atomic
 from ..training.card import card as submodel_card
 
@@ -36,7 +36,7 @@ def check_repo_ids(recipe, run_dir: Path) -> None:
 
     require_push_target(True, recipe.hub.namespace, "hub.namespace")  # and the token, before hours of training
     k = recipe.distribute.n_clusters if recipe.distribute and recipe.distribute.n_clusters else 1
-    dataset_id, model_ids, merge_ids = repo_ids(recipe, run_dir, ["baseline", f"cluster_{k - 1}"])
+    dataset_id, model_ids, merge_ids = repo_ids(recipe, run_dir, [BASELINE, cluster_name(k - 1)])
     for repo in [dataset_id, *model_ids.values(), *merge_ids.values()]:
         if problem := hub_id_problem(repo):
             raise DtmError(f"the push stage would create the Hub repo {repo!r}, which is not a valid repo id "
@@ -67,7 +67,7 @@ def push_run(p) -> dict:
                 retry=retry)
 
     for name, folder in trained.items():
-        config = ALL if name == "baseline" else name
+        config = ALL if name == BASELINE else name
         marker = {**json.loads((folder / MARKER).read_text()), "hub_model_id": model_ids[name]}
         text = submodel_card(folder, marker, dataset_id=dataset_id).rstrip()
         text += f"\n\n## Disperse-Then-Merge run\n\nTrained on {dataset_link(config)}.\n"

@@ -12,7 +12,7 @@ from ..cli import parse_values, read_yaml
 from ..distribute import DistributeArguments
 from ..errors import DtmError
 from ..evaluate import EvaluateArguments
-from ..names import ALL, cluster_names
+from ..names import ALL, ALL_CLUSTERS, cluster_names
 from .layout import RunLayout
 
 SECTIONS = ("distribute", "train", "merge", "evaluate", "hub", "accelerate_config", "parallel_submodels",
@@ -107,7 +107,7 @@ def parse_recipe(sections: dict, layout: RunLayout, stages: list[str], parallel:
                                                                   "push_to_hub": False}, "distribute")
     if (values := _section(sections, "train", dict)) is not None:
         recipe.train = parse_section(train, values, {
-            "dataset": data, "cluster": "all_clusters", "overwrite": False, "push_to_hub": False,
+            "dataset": data, "cluster": ALL_CLUSTERS, "overwrite": False, "push_to_hub": False,
             "output_dir": str(layout.submodels_dir)}, "train")
         try:
             train.check(*recipe.train[1:], hub=False)  # offline: a Hub base is checked by the train stage
@@ -117,6 +117,9 @@ def parse_recipe(sections: dict, layout: RunLayout, stages: list[str], parallel:
         if recipe.train is None:
             raise DtmError("recipe section 'evaluate' needs a 'train' section: it evaluates what the recipe trains")
         dtm_args, training_args, model_args = recipe.train
+        if "seed" in values and values["seed"] != training_args.seed:
+            raise DtmError(f"recipe section 'evaluate' has seed {values['seed']}, training {training_args.seed}: the "
+                           "held-out rows follow the training seed; leave seed out of 'evaluate'")
         # The evaluate stage lists every model when it runs; the seed is training's, so both hold out the same rows.
         (recipe.evaluate,) = parse_section(evaluate, values, {
             "models": [f"base={model_args.model_name_or_path}"], "dataset": data, "seed": training_args.seed,
@@ -144,7 +147,8 @@ def _parse_merges(recipe: Recipe, sections: list, layout: RunLayout) -> None:
         label = f"merge {name!r}"
         if name in recipe.merges:
             raise DtmError("two merges in the recipe write to the same merged/<name>; give each its own output_dir")
-        names = [Path(s).name for s in section.get("submodels") or []]
+        named = section.get("submodels") or []
+        names = [Path(s).name for s in ([named] if isinstance(named, str) else named)]
         if k is not None:
             missing = [s for s in names if s not in cluster_names(k)]
             if missing:

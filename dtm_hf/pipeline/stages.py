@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .. import distribute, evaluate, merge, train
 from ..errors import DtmError
-from ..names import ALL, MARKER, MERGE_MARKER
+from ..names import ALL, BASELINE, MARKER, MERGE_MARKER
 from ..outputs import output_lock, write_atomic
 from .engine import Pipeline
 from .jobs import make_slots, run_jobs
@@ -155,7 +155,7 @@ def merge_complete(p: Pipeline) -> bool:
 
 def stage_merge(p: Pipeline) -> None:
     merges = p.recipe.merges
-    subs = {name: sig for name, sig in trained_signatures(p).items() if name != "baseline"}
+    subs = {name: sig for name, sig in trained_signatures(p).items() if name != BASELINE}
     settings = {"merge": p.recipe.sections.get("merge"), "inputs": subs}
 
     def work(changed):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..hub import PAPER, card_text, display_ref, is_hub_id
 from ..names import ALL, MARKER
+from ..outputs import write_atomic
 
 TAGS = ["dtm-hf", "trl", "sft", "disperse-then-merge"]
 TRAINING_FIELDS = [
@@ -109,7 +110,5 @@ def card(folder: Path, marker: dict, dataset_id: str | None = None) -> str:
 
 
 def write_marker(folder: Path, marker: dict) -> None:
-    """Write `dtm_train.json` whole or not at all (rename is atomic)."""
-    tmp = folder / f".{MARKER}.tmp"
-    tmp.write_text(json.dumps(marker, indent=2) + "\n")
-    tmp.rename(folder / MARKER)
+    """Write `dtm_train.json` whole or not at all."""
+    write_atomic(folder / MARKER, json.dumps(marker, indent=2) + "\n")

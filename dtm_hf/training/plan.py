@@ -158,22 +158,27 @@ def _complete(checkpoint: Path) -> bool:
     return True
 
 
-def last_checkpoint(folder: Path) -> str | None:
-    """The last complete `checkpoint-N` (a job killed while saving leaves an incomplete one: it is set aside, as
-    `.incomplete-checkpoint-N`, by the main process)."""
-    from ..log import is_main_process
+def _checkpoints(folder: Path) -> list[Path]:
+    """`checkpoint-N` folders, the last first."""
+    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]), reverse=True)
 
-    steps = {int(p.name.split("-")[1]): p for p in folder.glob("checkpoint-*")
-             if p.is_dir() and p.name.split("-")[1].isdigit()}
-    for step in sorted(steps, reverse=True):
-        if _complete(steps[step]):
-            return str(steps[step])
-        if is_main_process():
-            aside = folder / f".incomplete-{steps[step].name}"
-            shutil.rmtree(aside, ignore_errors=True)
-            steps[step].rename(aside)
-            logger.warning(f"{steps[step]} was not saved whole (interrupted?): set aside as {aside.name}")
-    return None
+
+def last_checkpoint(folder: Path) -> str | None:
+    """The last complete `checkpoint-N`: a job killed while saving leaves an incomplete one after it."""
+    return next((str(p) for p in _checkpoints(folder) if _complete(p)), None)
+
+
+def set_aside_incomplete(folder: Path) -> None:
+    """Move the incomplete checkpoints after the last complete one out of the Trainer's way, as
+    `.incomplete-checkpoint-N` (called by the main process, with the folder's lock held)."""
+    for checkpoint in _checkpoints(folder):
+        if _complete(checkpoint):
+            return
+        aside = folder / f".incomplete-{checkpoint.name}"
+        shutil.rmtree(aside, ignore_errors=True)
+        checkpoint.rename(aside)
+        logger.warning(f"{checkpoint} was not saved whole (interrupted?): set aside as {aside.name}")
 
 
 def folder_state(folder: Path, overwrite: bool) -> tuple[str, str | None]:

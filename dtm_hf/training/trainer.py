@@ -12,6 +12,7 @@ from pathlib import Path
 from ..errors import DtmError
 from ..log import is_main_process
 from ..names import MARKER
+from ..outputs import write_atomic
 from .plan import Run
 
 logger = logging.getLogger(__name__)
@@ -57,9 +58,7 @@ def progress_callback(path: Path):
     class ProgressFile(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
-                tmp = path.with_name(path.name + ".tmp")
-                tmp.write_text(json.dumps({"step": state.global_step, "max_steps": state.max_steps}))
-                tmp.replace(path)
+                write_atomic(path, json.dumps({"step": state.global_step, "max_steps": state.max_steps}))
 
         on_train_begin = on_step_end
 
@@ -76,11 +75,15 @@ def train_one(run: Run, tokenizer, base: str, dtm_args, training_args, model_arg
     from accelerate import PartialState
 
     from .card import adapter_kind, hyperparameters, write_card, write_marker
+    from .plan import set_aside_incomplete
     from .tokenize import SKIPPED
 
     state = PartialState()
-    if dtm_args.overwrite and run.folder.exists() and state.is_main_process:
-        shutil.rmtree(run.folder)
+    if state.is_main_process:  # with the folder's lock held (train.main)
+        if dtm_args.overwrite and run.folder.exists():
+            shutil.rmtree(run.folder)
+        elif run.folder.is_dir():
+            set_aside_incomplete(run.folder)
     state.wait_for_everyone()
     start = time.perf_counter()
     trainer = build_trainer(run, tokenizer, base, training_args, model_args)

@@ -20,7 +20,6 @@ from .row_blocks import RowBlockMerge
 from .top_k import stable_magnitude
 from .writer import STORED_DTYPES, StreamingShardWriter
 
-DEFAULT_SHARD_BYTES = 5 * 2**30
 BLOCK_ELEMENTS = {"cpu": 2**18, "cuda": 2**25}  # elements per input in one block of rows: cache-sized on a CPU
 
 
@@ -42,8 +41,8 @@ def _layout(saves, loader: SharedBaseLoader, dtype: str | None) -> list[tuple[st
     return layout
 
 
-def stream_merge(config, out: Path, base_path: Path, submodels: list[SubModel], seed: int,
-                 max_shard_bytes: int = DEFAULT_SHARD_BYTES, device: str = "cpu") -> None:
+def stream_merge(config, out: Path, base_path: Path, submodels: list[SubModel], seed: int, max_shard_bytes: int,
+                 device: str) -> None:
     """Run the mergekit configuration `config` (whose LoRA references are `base_path+submodel.path`) into `out`,
     with the arithmetic on `device`."""
     import transformers
