@@ -82,9 +82,13 @@ def check_fields(values) -> None:
         value, kind = getattr(values, field.name), hints.get(field.name)
         if kind is not None and _basic(kind) and not isinstance(value, enum.Enum):
             _convert(field.name, value, kind)
-        choices = field.metadata.get("choices")
-        if choices and value is not None and value not in choices:
-            raise DtmError(f"--{field.name} {value!r} is not one of the choices: {', '.join(map(str, choices))}")
+        _check_choice(field, value)
+
+
+def _check_choice(field, value) -> None:
+    choices = field.metadata.get("choices")
+    if choices and value is not None and value not in choices:
+        raise DtmError(f"--{field.name} {value!r} is not one of the choices: {', '.join(map(str, choices))}")
 
 
 @dataclasses.dataclass
@@ -94,9 +98,7 @@ class Arguments:
         hints = typing.get_type_hints(type(self))
         for field in dataclasses.fields(self):
             value = _convert(field.name, getattr(self, field.name), hints[field.name])
-            choices = field.metadata.get("choices")
-            if choices and value is not None and value not in choices:
-                raise DtmError(f"--{field.name} {value!r} is not one of the choices: {', '.join(map(str, choices))}")
+            _check_choice(field, value)
             setattr(self, field.name, value)
 
     @staticmethod

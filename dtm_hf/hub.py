@@ -24,7 +24,10 @@ def is_hub_id(ref: str) -> bool:
 def display_ref(ref: str) -> str:
     """How a card names an input: a Hub id as it is, a local path by its folder or file name (a card travels to
     the Hub, where the paths of the machine that wrote it mean nothing)."""
-    return ref if is_hub_id(ref) else Path(ref).name
+    path = Path(ref).expanduser()
+    if path.exists():
+        return path.resolve().name
+    return ref if hub_id_problem(ref) is None else path.name
 
 
 def local_or_hub(ref: str, what: str, flag: str) -> tuple[str, bool]:

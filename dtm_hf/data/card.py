@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..hub import card_text
+from ..hub import card_text, display_ref
 from ..names import ALL, cluster_name, cluster_names, config_names
 from .palette import distinct_colors, text_color
 
@@ -14,12 +14,6 @@ EMBEDDED = {"instruction": "instruction", "response": "response", "both": "instr
 CARD_TERMS = 5
 CARD_EXAMPLE_CHARS = 100
 CARD_SOURCES = 3
-
-
-def display_name(ref: str) -> str:
-    """A local path's file or folder name, else `ref` itself (a Hub id): never a path from this machine."""
-    path = Path(ref).expanduser()
-    return path.resolve().name if path.exists() else ref
 
 
 def _cell(text: str, limit: int | None = None) -> str:
@@ -31,7 +25,7 @@ def _cell(text: str, limit: int | None = None) -> str:
 
 
 def _how(stats: dict) -> str:
-    embeddings = (f"L2-normalised `{display_name(str(stats.get('embedding_model')))}` embeddings "
+    embeddings = (f"L2-normalised `{display_ref(str(stats.get('embedding_model')))}` embeddings "
                   f"({stats.get('embedding_backend')} backend) of the {EMBEDDED.get(stats.get('embed_field'))}")
     return {
         "random": "a seeded random split into parts whose sizes differ by at most one",
@@ -77,13 +71,13 @@ def _map_note(stats: dict) -> str:
     if "map" not in stats:
         return ""
     return (f"\n![map of the clusters](map.png)\n\n`map.png`: a {stats['map']['projection'].upper()} projection of "
-            f"{stats['map']['rows']} rows' `{display_name(stats['embedding_model'])}` embeddings "
+            f"{stats['map']['rows']} rows' `{display_ref(stats['embedding_model'])}` embeddings "
             f"({stats['embedding_backend']} backend) of the {EMBEDDED[stats['embed_field']]}, coloured by cluster, "
             "each cluster's top terms by its centre.\n")
 
 
 def card_title(stats: dict) -> str:
-    return f"{display_name(stats['input'])} in {stats['n_clusters']} clusters"
+    return f"{display_ref(stats['input'])} in {stats['n_clusters']} clusters"
 
 
 def _card_body(stats: dict, ref: str) -> str:
@@ -100,7 +94,7 @@ Instruction data distributed for [Disperse-Then-Merge](https://aclanthology.org/
 
 ## How it was split
 
-- Input: `{display_name(stats['input'])}`
+- Input: `{display_ref(stats['input'])}`
 - Method: `{stats['method']}`, {_how(stats)}
 {_balance_line(stats)}- Seed: {stats['seed']}
 - Input rows: {stats['input_rows']}; kept: {stats['kept_rows']}; skipped: {skipped}

@@ -9,7 +9,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..errors import DtmError
+from ..errors import DtmError, first_line
 from ..names import MARKER, MERGE_MARKER
 
 logger = logging.getLogger(__name__)
@@ -26,6 +26,9 @@ def _read(ref: str, name: str) -> dict | None:
         return json.loads(Path(hf_hub_download(ref, name)).read_text())
     except EntryNotFoundError:
         return None
+    except (OSError, ValueError) as err:  # the Hub unreachable, a broken record
+        raise DtmError(f"cannot read {name} of the model {ref!r} from the Hub ({first_line(err)}); check the "
+                       "network, or pass --allow_train_rows to score without checking") from err
 
 
 def training_records(ref: str) -> list[dict] | None:
