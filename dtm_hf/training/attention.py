@@ -178,16 +178,32 @@ def _sdpa(module, query, key, value, attention_mask, scaling, dropout, kwargs):
                                   **kwargs)
 
 
-def varlen_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                             cu_seq_lens_q=None, max_length_q=None, position_ids=None, **kwargs):
-    """Causal attention within each packed document: torch's varlen kernels on CUDA, SDPA per document elsewhere.
-    Query, key and value come as (batch, heads, tokens, head_dim); returns (batch, tokens, heads, head_dim)."""
-    documents = None if attention_mask is not None else _documents(query, key, cu_seq_lens_q, max_length_q,
-                                                                   position_ids)
-    if documents is None:
-        return _sdpa(module, query, key, value, attention_mask, scaling, dropout, kwargs)
-    if dropout:
-        raise ValueError("dtm_varlen attention has no dropout; set the model's attention_dropout to 0")
+def _packed_rows(name: str):
+    """An attention function for transformers' AttentionInterface from `kernel(query, key, value, documents,
+    scaling)`, which attends within each packed document; rows with a mask, or without document boundaries, go to
+    transformers' SDPA. Query, key and value come as (batch, heads, tokens, head_dim); the function returns
+    (batch, tokens, heads, head_dim)."""
+
+    def wrap(kernel):
+        @functools.wraps(kernel)
+        def forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, cu_seq_lens_q=None,
+                    max_length_q=None, position_ids=None, **kwargs):
+            documents = None if attention_mask is not None else _documents(query, key, cu_seq_lens_q, max_length_q,
+                                                                           position_ids)
+            if documents is None:
+                return _sdpa(module, query, key, value, attention_mask, scaling, dropout, kwargs)
+            if dropout:
+                raise ValueError(f"{name} attention has no dropout; set the model's attention_dropout to 0")
+            return kernel(query, key, value, documents, scaling)
+
+        return forward
+
+    return wrap
+
+
+@_packed_rows(VARLEN)
+def varlen_attention_forward(query, key, value, documents, scaling):
+    """Causal attention within each packed document: torch's varlen kernels on CUDA, SDPA per document elsewhere."""
     bounds, longest, _ = documents
     q, k, v = (x.transpose(1, 2).reshape(-1, x.shape[1], x.shape[3]) for x in (query, key, value))
     scaling = q.shape[-1] ** -0.5 if scaling is None else scaling
@@ -242,15 +258,9 @@ def _per_document(q, k, v, bounds, scaling: float):
     return torch.cat(out)
 
 
-def flex_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                           cu_seq_lens_q=None, max_length_q=None, position_ids=None, **kwargs):
+@_packed_rows(FLEX)
+def flex_attention_forward(query, key, value, documents, scaling):
     """Causal attention within each packed document through flex_attention and a document BlockMask."""
-    documents = None if attention_mask is not None else _documents(query, key, cu_seq_lens_q, max_length_q,
-                                                                   position_ids)
-    if documents is None:
-        return _sdpa(module, query, key, value, attention_mask, scaling, dropout, kwargs)
-    if dropout:
-        raise ValueError("dtm_flex attention has no dropout; set the model's attention_dropout to 0")
     bounds, _, source = documents
     heads, kv_heads = query.shape[1], key.shape[1]
     gqa = heads != kv_heads
