@@ -63,12 +63,11 @@ def main(dtm_args: DtmArguments, training_args, model_args) -> list[Path]:
     from .training.attention import resolve_attention
     from .training.chat_template import load_tokenizer
     from .training.kernels import check_kernels
-    from .training.plan import check_quantization, describe, plan, resolve_model
+    from .training.plan import check_quantization, describe, plan
     from .training.trainer import push, train_one
 
     model_args = copy.copy(model_args)  # the pipeline passes one ModelConfig to every sub-model's run
-    check(training_args, model_args)
-    base = resolve_model(model_args)
+    base = check(training_args, model_args)
     model_args.model_name_or_path = base
     check_quantization(model_args, training_args)
     check_kernels(training_args, model_args)
@@ -96,15 +95,17 @@ def main(dtm_args: DtmArguments, training_args, model_args) -> list[Path]:
     return [run.folder for run in runs]
 
 
-def check(training_args, model_args, hub: bool = True) -> None:
+def check(training_args, model_args, hub: bool = True) -> str:
     """The TRL and transformers settings and the LoRA modules against the base (its config), checked before any
-    work; also by `dtm-hf run` when it reads a recipe, with `hub` off: a Hub base is checked when training starts."""
+    work; also by `dtm-hf run` when it reads a recipe, with `hub` off: a Hub base is checked when training starts.
+    Returns the base: an absolute folder, or a Hub id."""
     from .training.plan import check_settings, check_target_modules, resolve_model
 
     check_settings(training_args, model_args)
     base = resolve_model(model_args)
     if hub or Path(base).is_dir():
         check_target_modules(model_args, base)
+    return base
 
 
 def make_parser(prog: str | None = None):
